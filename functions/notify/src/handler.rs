@@ -151,7 +151,170 @@ fn response(status: StatusCode, content_type: Option<&str>, body: Body) -> Respo
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use futures::future::BoxFuture;
+    use shared::client_state::{DEV_CLIENT_STATE_KEY_HEX, KeyRing};
+    use shared::clock::OffsetClock;
+    use shared::envelope::{Envelope, Kind};
+    use shared::ids::DriveKey;
+    use shared::queue::{EntryFailure, OutgoingMessage, QueueError};
+
     use super::*;
+
+    const VALIDATION: &str = include_str!("../../../events/notify-validation.json");
+    const NOTIFICATIONS: &str = include_str!("../../../events/notify-notifications.json");
+    const LIFECYCLE: &str = include_str!("../../../events/notify-lifecycle.json");
+
+    /// Records what it is sent; refuses everything while `failing` is set.
+    #[derive(Default)]
+    struct RecordingQueue {
+        sent: Mutex<Vec<OutgoingMessage>>,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl NotificationQueue for RecordingQueue {
+        fn send_batch<'a>(
+            &'a self,
+            batch: &'a [OutgoingMessage],
+        ) -> BoxFuture<'a, Result<Vec<EntryFailure>, QueueError>> {
+            let failing = self.failing.load(std::sync::atomic::Ordering::SeqCst);
+            if !failing {
+                self.sent.lock().unwrap().extend_from_slice(batch);
+            }
+            Box::pin(async move {
+                if failing {
+                    Err(QueueError::Call("SQS is down".into()))
+                } else {
+                    Ok(vec![])
+                }
+            })
+        }
+    }
+
+    fn notify(queue: Arc<RecordingQueue>) -> Notify {
+        let clock: SharedClock = Arc::new(OffsetClock::new());
+        let keys = KeyStore::fixed(KeyRing::single(DEV_CLIENT_STATE_KEY_HEX).unwrap(), clock.clone());
+        Notify::new(queue, Arc::new(keys), clock)
+    }
+
+    fn event(json: &str) -> Request {
+        lambda_http::request::from_str(json).unwrap()
+    }
+
+    fn with_body(template: &str, body: &str) -> Request {
+        let mut v: serde_json::Value = serde_json::from_str(template).unwrap();
+        v["body"] = body.into();
+        event(&v.to_string())
+    }
+
+    fn body_text(r: &Response<Body>) -> String {
+        String::from_utf8(r.body().as_ref().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_validation_request_is_echoed_decoded_as_plain_text_before_any_parsing() {
+        let queue = Arc::new(RecordingQueue::default());
+        let r = notify(queue.clone()).handle(event(VALIDATION)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(
+            body_text(&r),
+            "Validation: Testing client application reachability for subscription Request-Id: 5731e5c5-6b0d-4b9c-8a44-2f1e0d9c8b7a"
+        );
+        assert!(queue.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_lifecycle_route_answers_the_validation_handshake_too() {
+        let v = VALIDATION.replace("\"/notifications\"", "\"/lifecycle\"");
+        let r = notify(Arc::default()).handle(event(&v)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(body_text(&r).starts_with("Validation: Testing"));
+    }
+
+    #[tokio::test]
+    async fn the_sample_batch_becomes_one_message_per_drive_and_the_forged_one_is_dropped() {
+        let queue = Arc::new(RecordingQueue::default());
+        let r = notify(queue.clone()).handle(event(NOTIFICATIONS)).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let sent = queue.sent.lock().unwrap();
+        assert_eq!(
+            sent.len(),
+            2,
+            "two genuine drives; the shared 'secretClientValue' one is dropped"
+        );
+        let envelopes: Vec<Envelope> = sent
+            .iter()
+            .map(|m| Envelope::from_json(&m.body).unwrap())
+            .collect();
+        let a = DriveKey::parse("Xx4tPEtaaXiHlqW0w9Lh8A").unwrap();
+        let b = DriveKey::parse("ABEiM0RVZneImaq7zN3u_w").unwrap();
+        let ea = envelopes.iter().find(|e| e.drive_key == a).unwrap();
+        let eb = envelopes.iter().find(|e| e.drive_key == b).unwrap();
+        assert_eq!((ea.kind, ea.notifications), (Kind::Notification, 2));
+        assert_eq!(eb.tenant_id.as_str(), "0c9b8a7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d");
+        assert!(
+            eb.subscriptions[0].expires_at.is_some(),
+            "the legacy expirationDateTime name is read"
+        );
+        for m in sent.iter() {
+            assert_eq!(Envelope::from_json(&m.body).unwrap().drive_key, m.group);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_lifecycle_sample_is_enqueued_as_its_own_kind() {
+        let queue = Arc::new(RecordingQueue::default());
+        let r = notify(queue.clone()).handle(event(LIFECYCLE)).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let sent = queue.sent.lock().unwrap();
+        let e = Envelope::from_json(&sent[0].body).unwrap();
+        assert_eq!(e.kind, Kind::Lifecycle);
+        assert_eq!(sent.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_json_gets_400_with_a_json_error_body() {
+        let r = notify(Arc::default())
+            .handle(with_body(NOTIFICATIONS, "{\"value\": ["))
+            .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let body: serde_json::Value = serde_json::from_str(&body_text(&r)).unwrap();
+        assert_eq!(body["error"]["code"], "malformedPayload");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_one_mebibyte_gets_413() {
+        let big = format!("{{\"value\":[],\"pad\":\"{}\"}}", "x".repeat(MAX_BODY_BYTES));
+        let r = notify(Arc::default())
+            .handle(with_body(NOTIFICATIONS, &big))
+            .await;
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn an_empty_collection_gets_202_and_enqueues_nothing() {
+        let queue = Arc::new(RecordingQueue::default());
+        let r = notify(queue.clone())
+            .handle(with_body(NOTIFICATIONS, r#"{"value":[]}"#))
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert!(queue.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn when_the_queue_fails_the_answer_is_503_so_graph_redelivers() {
+        let queue = Arc::new(RecordingQueue::default());
+        queue.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        let r = notify(queue.clone()).handle(event(NOTIFICATIONS)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !body_text(&r).contains("SQS is down"),
+            "internal errors stay in the logs"
+        );
+    }
 
     #[test]
     fn the_validation_token_is_decoded_with_form_rules() {
