@@ -47,6 +47,17 @@ impl Env {
         )
     }
 
+    /// Every variable, as set.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// A copy with `var` set to `value`.
+    pub fn with(mut self, var: &str, value: &str) -> Self {
+        self.0.insert(var.to_owned(), value.to_owned());
+        self
+    }
+
     /// A set, non-blank value.
     pub fn get(&self, var: &str) -> Option<&str> {
         self.0.get(var).map(|v| v.trim()).filter(|v| !v.is_empty())

@@ -55,6 +55,9 @@ impl Unit {
 pub struct Metrics {
     namespace: String,
     function: String,
+    /// On Lambda the EMF line goes to stdout for CloudWatch; elsewhere it is a debug log line,
+    /// so local output stays readable.
+    to_stdout: bool,
 }
 
 impl Metrics {
@@ -96,8 +99,12 @@ impl Metrics {
     /// Metrics with nothing to say (all zero) are still written, so dashboards see the zeros.
     pub fn emit(&self, values: &[(&str, f64, Unit)]) {
         let line = self.render(chrono::Utc::now().timestamp_millis(), values);
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
+        if self.to_stdout {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+        } else {
+            tracing::debug!(target: "metrics", emf = %line);
+        }
     }
 }
 

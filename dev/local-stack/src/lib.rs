@@ -1,1 +1,162 @@
-//! placeholder until written
+//! The local stack: graphfeed's functions served on one machine, shaped by `template.yaml`.
+//!
+//! - [`template`] reads the template; [`bootstrap`] creates its queues and secrets in moto (or
+//!   any endpoint `AWS_ENDPOINT_URL` names);
+//! - [`gateway`] serves the template's HTTP API routes, handing each request in-process to the
+//!   function's real handler;
+//! - [`serve`] puts them together for `make local` and for the integration tests.
+//!
+//! Later issues add an SQS poller standing in for process-changes' event source mapping and a
+//! timer firing renew on the template's schedule.
+
+pub mod bootstrap;
+pub mod demo;
+pub mod gateway;
+pub mod template;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shared::clock::SharedClock;
+use shared::config::Env;
+
+use crate::bootstrap::{Options, Stack};
+use crate::gateway::HttpFunction;
+use crate::template::Template;
+
+/// The region the local stack uses when `AWS_REGION` is unset.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// An SDK config for a local AWS endpoint (moto), with dummy credentials when none are set.
+pub async fn local_aws(endpoint: &str, region: &str) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new(region.to_owned()));
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        loader = loader.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "local-stack",
+        ));
+    }
+    loader.load().await
+}
+
+/// What to serve.
+pub struct ServeConfig {
+    /// Where to listen; port 0 picks one.
+    pub listen: SocketAddr,
+    /// Stands in for the CloudFormation stack name.
+    pub stack: String,
+    pub region: String,
+    pub aws: aws_config::SdkConfig,
+    /// Values that win over what the template gives each function (the user's environment).
+    pub overrides: Env,
+    /// Secret values to store instead of generating them (logical id → value).
+    pub secret_values: BTreeMap<String, String>,
+    pub clock: SharedClock,
+}
+
+/// A running local stack.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub stack: Stack,
+    /// The environment notify was built from.
+    pub notify_env: Env,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving.
+    pub fn stop(self) {
+        self.server.abort();
+    }
+}
+
+/// Why the local stack could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    #[error(transparent)]
+    Notify(#[from] notify::StartupError),
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+}
+
+/// Bootstraps the template's resources, builds each function from the environment the template
+/// gives it (overridden by `overrides`), and serves the template's routes.
+pub async fn serve(template: &Template, config: ServeConfig) -> Result<Running, ServeError> {
+    let options = Options {
+        stack: config.stack.clone(),
+        region: config.region.clone(),
+        secret_values: config.secret_values.clone(),
+    };
+    let stack = bootstrap::bootstrap(template, &config.aws, &options).await?;
+
+    let notify_env = function_env(&stack, template, "NotifyFunction", &config.overrides)?;
+    let notify = notify::wire(&notify_env, &config.aws, config.clock.clone()).await?;
+    let mut functions: HashMap<String, Arc<dyn HttpFunction>> = HashMap::new();
+    functions.insert("NotifyFunction".into(), Arc::new(notify));
+
+    let router = gateway::router(&template.http_routes(), &functions)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Listen {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| ServeError::Listen {
+        addr: config.listen,
+        reason: e.to_string(),
+    })?;
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "the local HTTP API stopped");
+        }
+    });
+    Ok(Running {
+        addr,
+        stack,
+        notify_env,
+        server,
+    })
+}
+
+/// The template's environment for `function`, resolved against `stack`, with `overrides` on top.
+/// A `CLIENT_STATE_KEY` override replaces the template's key secret (the user chose a key).
+pub fn function_env(
+    stack: &Stack,
+    template: &Template,
+    function: &str,
+    overrides: &Env,
+) -> Result<Env, template::TemplateError> {
+    let mut pairs: BTreeMap<String, String> = stack
+        .function_environment(template, function)?
+        .into_iter()
+        .collect();
+    if overrides.get(shared::config::CLIENT_STATE_KEY).is_some()
+        && overrides
+            .get(shared::config::CLIENT_STATE_KEYS_SECRET_ARN)
+            .is_none()
+    {
+        pairs.remove(shared::config::CLIENT_STATE_KEYS_SECRET_ARN);
+    }
+    for (k, v) in overrides.iter() {
+        pairs.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(Env::from_pairs(
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ))
+}

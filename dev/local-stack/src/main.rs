@@ -1,1 +1,223 @@
-fn main() {}
+//! `make local`: graphfeed on one machine.
+//!
+//! Starts moto (unless `AWS_ENDPOINT_URL` points elsewhere) and graph-sim (unless
+//! `GRAPH_BASE_URL` and `ENTRA_AUTHORITY_HOST` point elsewhere), bootstraps the template's
+//! resources, serves the functions on `http://127.0.0.1:${GRAPHFEED_PORT:-3000}` with the
+//! template's routes, prints one line when ready, and runs until Ctrl-C or SIGTERM; what it
+//! started stops with it. With graph-sim local, a demo connects a simulated user, changes a file
+//! and shows the notification arriving on the queue.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use local_stack::template::Template;
+use local_stack::{DEFAULT_REGION, ServeConfig, local_aws, serve};
+use shared::client_state::{DEV_CLIENT_STATE_KEY_HEX, LOCAL_KEY_ID};
+use shared::clock::{OffsetClock, SharedClock};
+use shared::config::Env;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "local-stack",
+    about = "Runs graphfeed locally: moto, graph-sim and the functions behind template.yaml's routes."
+)]
+struct Args {
+    /// Port of the local HTTP API.
+    #[arg(long, env = "GRAPHFEED_PORT", default_value_t = 3000)]
+    port: u16,
+    /// Port for graph-sim when the local stack starts it.
+    #[arg(long, env = "GRAPH_SIM_PORT", default_value_t = 3001)]
+    graph_sim_port: u16,
+    /// Port for moto when the local stack starts it.
+    #[arg(long, env = "MOTO_PORT", default_value_t = 5050)]
+    moto_port: u16,
+    /// moto's server executable (installed into .venv by `make venv`).
+    #[arg(long, env = "MOTO_SERVER", default_value = ".venv/bin/moto_server")]
+    moto_server: PathBuf,
+    /// Stands in for the CloudFormation stack name (queue names derive from it).
+    #[arg(long, env = "GRAPHFEED_STACK", default_value = "graphfeed-local")]
+    stack: String,
+    /// The SAM template.
+    #[arg(long, default_value = "template.yaml")]
+    template: PathBuf,
+    /// Skip the demo (connect a simulated user, change a file, show the notification).
+    #[arg(long, env = "GRAPHFEED_NO_DEMO")]
+    no_demo: bool,
+}
+
+#[tokio::main]
+#[allow(clippy::print_stdout)]
+async fn main() -> Result<()> {
+    shared::telemetry::init();
+    let args = Args::parse();
+    let env = Env::process();
+    let region = env.get("AWS_REGION").unwrap_or(DEFAULT_REGION).to_owned();
+    let template = Template::load(&args.template).context("reading the SAM template")?;
+    let clock = OffsetClock::new();
+
+    // AWS: the given endpoint, or moto started here (killed when this process ends).
+    let mut moto = None;
+    let endpoint = match env.get("AWS_ENDPOINT_URL") {
+        Some(e) => e.to_owned(),
+        None => {
+            let child = tokio::process::Command::new(&args.moto_server)
+                .args(["-H", "127.0.0.1", "-p", &args.moto_port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "starting moto from {} (run `make venv` first)",
+                        args.moto_server.display()
+                    )
+                })?;
+            moto = Some(child);
+            let endpoint = format!("http://127.0.0.1:{}", args.moto_port);
+            wait_for_port(SocketAddr::from(([127, 0, 0, 1], args.moto_port)))
+                .await
+                .context("waiting for moto")?;
+            endpoint
+        }
+    };
+    let aws = local_aws(&endpoint, &region).await;
+
+    // Graph and Entra: the given endpoints, or graph-sim in this process.
+    let mut overrides = env.clone();
+    let sim = match (env.get("GRAPH_BASE_URL"), env.get("ENTRA_AUTHORITY_HOST")) {
+        (Some(_), Some(_)) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            bail!(
+                "set both GRAPH_BASE_URL and ENTRA_AUTHORITY_HOST to use another Graph, or neither to use graph-sim"
+            )
+        }
+        (None, None) => {
+            let config = graph_sim::SimConfig {
+                allow_http_loopback: true,
+                clock: clock.clone(),
+                ..Default::default()
+            };
+            let running = graph_sim::start(config, SocketAddr::from(([127, 0, 0, 1], args.graph_sim_port)))
+                .await
+                .context("starting graph-sim")?;
+            overrides = overrides
+                .with("GRAPH_BASE_URL", &running.graph_base_url())
+                .with("ENTRA_AUTHORITY_HOST", &running.authority_host());
+            Some(running)
+        }
+    };
+    let base = format!("http://127.0.0.1:{}", args.port);
+    if overrides.get("NOTIFICATION_URL").is_none() {
+        overrides = overrides.with("NOTIFICATION_URL", &format!("{base}/notifications"));
+    }
+    if overrides.get("LIFECYCLE_NOTIFICATION_URL").is_none() {
+        overrides = overrides.with("LIFECYCLE_NOTIFICATION_URL", &format!("{base}/lifecycle"));
+    }
+
+    // Locally the key secret holds the documented development key, so events/ samples verify.
+    let dev_ring = format!(r#"{{"active":"{LOCAL_KEY_ID}","{LOCAL_KEY_ID}":"{DEV_CLIENT_STATE_KEY_HEX}"}}"#);
+    let shared_clock: SharedClock = Arc::new(clock.clone());
+    let running = serve(
+        &template,
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], args.port)),
+            stack: args.stack.clone(),
+            region: region.clone(),
+            aws: aws.clone(),
+            overrides,
+            secret_values: BTreeMap::from([("ClientStateKeysSecret".to_owned(), dev_ring)]),
+            clock: shared_clock,
+        },
+    )
+    .await
+    .context("starting the functions")?;
+
+    let routes: Vec<String> = template
+        .http_routes()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    println!(
+        "graphfeed local stack ready on {} ({}) | AWS {} | Graph {}",
+        running.url(),
+        routes.join(", "),
+        endpoint,
+        running
+            .notify_env
+            .get("GRAPH_BASE_URL")
+            .unwrap_or("(notify makes no Graph call)")
+    );
+
+    let queue_url = running
+        .stack
+        .reference("NotificationsQueue")
+        .unwrap_or_default()
+        .to_owned();
+    let demo = match (&sim, args.no_demo) {
+        (Some(sim), false) => Some(tokio::spawn(local_stack::demo::run(
+            sim.sim(),
+            sim.graph_base_url(),
+            running.notify_env.clone(),
+            aws.clone(),
+            queue_url,
+        ))),
+        (None, false) => {
+            println!(
+                "demo skipped: GRAPH_BASE_URL points at another Graph (the demo drives graph-sim's control API)"
+            );
+            None
+        }
+        _ => None,
+    };
+
+    shutdown_signal().await;
+    println!("stopping");
+    if let Some(d) = demo {
+        d.abort();
+    }
+    running.stop();
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    if let Some(mut moto) = moto {
+        let _ = moto.kill().await;
+    }
+    Ok(())
+}
+
+async fn wait_for_port(addr: SocketAddr) -> Result<()> {
+    for _ in 0..150 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("nothing listens on {addr} after 15 s")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
