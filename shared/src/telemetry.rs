@@ -67,6 +67,7 @@ impl Metrics {
         Self {
             namespace: Self::NAMESPACE.into(),
             function: function.into(),
+            to_stdout: std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some(),
         }
     }
 

@@ -1,1 +1,328 @@
-//! placeholder
+//! Test support for graphfeed's integration scenarios: a moto server per test binary, a fresh
+//! local stack (uniquely named queues and secrets, from template.yaml) per test, a graph-sim per
+//! test, and an HTTP proxy in front of moto that can be told to fail, for fault tests.
+//!
+//! moto is started from `.venv/bin/moto_server` (`make venv`) unless `AWS_ENDPOINT_URL` names
+//! one already; a watchdog shell stops it when the test binary exits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use local_stack::template::Template;
+use local_stack::{Running, ServeConfig};
+use shared::client_state::{DEV_CLIENT_STATE_KEY_HEX, KeyRing, LOCAL_KEY_ID};
+use shared::clock::OffsetClock;
+use shared::config::Env;
+use shared::envelope::Envelope;
+
+pub const REGION: &str = "us-east-1";
+
+/// The development key ring, as the local stack stores it.
+pub fn dev_ring_json() -> String {
+    format!(r#"{{"active":"{LOCAL_KEY_ID}","{LOCAL_KEY_ID}":"{DEV_CLIENT_STATE_KEY_HEX}"}}"#)
+}
+
+pub fn dev_ring() -> KeyRing {
+    KeyRing::single(DEV_CLIENT_STATE_KEY_HEX).unwrap()
+}
+
+/// Quiet logs unless `TEST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        shared::telemetry::init();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(addr: SocketAddr) {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {addr} after 10 s");
+}
+
+/// The moto endpoint for this test binary.
+pub fn moto_endpoint() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        if let Ok(e) = std::env::var("AWS_ENDPOINT_URL") {
+            return e;
+        }
+        let bin = std::env::var("MOTO_SERVER")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/moto_server").to_owned());
+        assert!(std::path::Path::new(&bin).exists(), "moto is not installed at {bin}: run `make venv` (or `make test`)");
+        let port = free_port();
+        // The watchdog stops moto once this test process (the shell's parent) is gone.
+        let script = format!(
+            "'{bin}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; while kill -0 $PPID 2>/dev/null; do sleep 1; done; kill $m"
+        );
+        std::process::Command::new("sh").args(["-c", &script]).spawn().expect("spawning moto");
+        wait_for(SocketAddr::from(([127, 0, 0, 1], port)));
+        format!("http://127.0.0.1:{port}")
+    })
+}
+
+pub async fn aws_at(endpoint: &str) -> aws_config::SdkConfig {
+    local_stack::local_aws(endpoint, REGION).await
+}
+
+pub async fn aws() -> aws_config::SdkConfig {
+    aws_at(moto_endpoint()).await
+}
+
+/// A unique stack name: queues and secrets of one test never meet another's.
+pub fn unique_stack() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A local stack serving the template's routes, with its own queues.
+pub struct TestStack {
+    pub running: Running,
+    pub aws: aws_config::SdkConfig,
+    pub clock: OffsetClock,
+}
+
+/// How to start a [`TestStack`].
+pub struct StackOptions {
+    /// The AWS endpoint notify uses (moto, or a faulty proxy in front of it).
+    pub endpoint: String,
+    pub overrides: Vec<(String, String)>,
+    /// The key secret's value (the dev ring unless set).
+    pub key_secret: String,
+    pub clock: OffsetClock,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            endpoint: moto_endpoint().to_owned(),
+            overrides: Vec::new(),
+            key_secret: dev_ring_json(),
+            clock: OffsetClock::new(),
+        }
+    }
+}
+
+impl TestStack {
+    pub async fn start() -> Self {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> Self {
+        init_logs();
+        let notify_aws = aws_at(&options.endpoint).await;
+        let template = Template::repository().unwrap();
+        let overrides = Env::from_pairs(options.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let running = local_stack::serve(
+            &template,
+            ServeConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                stack: unique_stack(),
+                region: REGION.into(),
+                aws: notify_aws,
+                overrides,
+                secret_values: BTreeMap::from([("ClientStateKeysSecret".to_owned(), options.key_secret)]),
+                clock: Arc::new(options.clock.clone()),
+            },
+        )
+        .await
+        .unwrap();
+        // Reads go straight to moto, whatever endpoint notify was given.
+        let aws = aws().await;
+        Self {
+            running,
+            aws,
+            clock: options.clock,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.running.url())
+    }
+
+    pub fn queue_url(&self) -> String {
+        self.running
+            .stack
+            .reference("NotificationsQueue")
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Everything on the notifications queue now, read as the processor would (and deleted).
+    pub async fn drain(&self) -> Vec<Received> {
+        drain(&self.aws, &self.queue_url(), Duration::from_millis(300)).await
+    }
+
+    /// Waits up to `timeout` until at least `count` messages arrived; returns all read.
+    pub async fn wait_for_messages(&self, count: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut all = Vec::new();
+        while all.len() < count && tokio::time::Instant::now() < deadline {
+            all.extend(self.drain().await);
+        }
+        all
+    }
+}
+
+/// A message read from the notifications queue.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub envelope: Envelope,
+    pub group_id: String,
+    pub dedup_id: String,
+}
+
+/// Receives and deletes until the queue has been empty for `quiet`.
+pub async fn drain(aws: &aws_config::SdkConfig, queue_url: &str, quiet: Duration) -> Vec<Received> {
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let mut out = Vec::new();
+    let mut idle_since = tokio::time::Instant::now();
+    while idle_since.elapsed() < quiet {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .visibility_timeout(30)
+            .send()
+            .await
+            .unwrap();
+        let messages = got.messages.unwrap_or_default();
+        if messages.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        idle_since = tokio::time::Instant::now();
+        for m in messages {
+            let attrs = m.attributes.clone().unwrap_or_default();
+            out.push(Received {
+                envelope: Envelope::from_json(m.body().unwrap()).unwrap(),
+                group_id: attrs
+                    .get(&MessageSystemAttributeName::MessageGroupId)
+                    .cloned()
+                    .unwrap_or_default(),
+                dedup_id: attrs
+                    .get(&MessageSystemAttributeName::MessageDeduplicationId)
+                    .cloned()
+                    .unwrap_or_default(),
+            });
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    out
+}
+
+/// A graph-sim on a free port, sharing `clock`, accepting http on loopback.
+pub async fn start_sim(clock: &OffsetClock) -> graph_sim::RunningSim {
+    let config = graph_sim::SimConfig {
+        allow_http_loopback: true,
+        clock: clock.clone(),
+        timing: graph_sim::Timing::fast(),
+        ..Default::default()
+    };
+    graph_sim::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap()
+}
+
+/// An HTTP proxy in front of moto that answers 503 to everything while `failing` is set: SQS
+/// (and everything else behind it) is down as far as the client can tell.
+pub struct FaultyProxy {
+    pub endpoint: String,
+    failing: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    client: reqwest::Client,
+    target: String,
+    failing: Arc<AtomicBool>,
+}
+
+impl FaultyProxy {
+    pub async fn start(target: &str) -> Self {
+        let failing = Arc::new(AtomicBool::new(false));
+        let state = ProxyState {
+            client: reqwest::Client::new(),
+            target: target.to_owned(),
+            failing: failing.clone(),
+        };
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { endpoint, failing }
+    }
+
+    pub fn fail(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
+    }
+}
+
+async fn forward(
+    axum::extract::State(state): axum::extract::State<ProxyState>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.failing.load(Ordering::SeqCst) {
+        let body = r#"{"__type":"com.amazonaws.sqs#ServiceUnavailable","message":"injected fault"}"#;
+        return (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "application/x-amz-json-1.0")],
+            body,
+        )
+            .into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut outgoing = state
+        .client
+        .request(parts.method.clone(), format!("{}{path}", state.target))
+        .body(bytes);
+    for (name, value) in &parts.headers {
+        if name != http::header::HOST && name != http::header::CONTENT_LENGTH {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    match outgoing.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let headers = r.headers().clone();
+            let body = r.bytes().await.unwrap_or_default();
+            let mut response = (status, body).into_response();
+            for (name, value) in &headers {
+                if name != http::header::CONTENT_LENGTH && name != http::header::TRANSFER_ENCODING {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
+            response
+        }
+        Err(_) => http::StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
