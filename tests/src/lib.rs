@@ -235,10 +235,15 @@ pub async fn drain(aws: &aws_config::SdkConfig, queue_url: &str, quiet: Duration
 
 /// A graph-sim on a free port, sharing `clock`, accepting http on loopback.
 pub async fn start_sim(clock: &OffsetClock) -> graph_sim::RunningSim {
+    start_sim_with(clock, graph_sim::Timing::fast()).await
+}
+
+/// A graph-sim with the given timing.
+pub async fn start_sim_with(clock: &OffsetClock, timing: graph_sim::Timing) -> graph_sim::RunningSim {
     let config = graph_sim::SimConfig {
         allow_http_loopback: true,
         clock: clock.clone(),
-        timing: graph_sim::Timing::fast(),
+        timing,
         ..Default::default()
     };
     graph_sim::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))

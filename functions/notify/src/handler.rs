@@ -30,6 +30,10 @@ pub struct Notify {
     metrics: Metrics,
 }
 
+/// The most time notify spends making notifications durable before it answers 503: Graph's
+/// deadline is 3 s (graph-protocol.md §3.3), and API Gateway and a cold start take their share.
+pub const ENQUEUE_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The query parameter Graph's validation handshake carries (graph-protocol.md §2).
 const VALIDATION_TOKEN: &str = "validationToken";
 
@@ -71,7 +75,14 @@ impl Notify {
         let enqueued = if decision.messages.is_empty() {
             Ok(())
         } else {
-            send_all(self.queue.as_ref(), &decision.messages).await
+            match tokio::time::timeout(ENQUEUE_BUDGET, send_all(self.queue.as_ref(), &decision.messages))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(shared::queue::QueueError::Call(format!(
+                    "no answer from the queue within {ENQUEUE_BUDGET:?}"
+                ))),
+            }
         };
         self.metrics.emit(&[
             ("NotificationsAccepted", decision.accepted as f64, Unit::Count),

@@ -7,7 +7,7 @@
 pub mod handler;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shared::client_state::{KeyStore, KeyStoreError};
 use shared::clock::SharedClock;
@@ -43,9 +43,30 @@ pub async fn wire(
         },
         "clientState keys loaded"
     );
-    let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(aws),
-        config.notifications_queue_url.as_str(),
-    );
+    let queue = SqsQueue::new(sqs_client(aws), config.notifications_queue_url.as_str());
     Ok(Notify::new(Arc::new(queue), Arc::new(keys), clock))
+}
+
+/// An SQS client whose every call fits notify's budget: Graph counts an answer later than 3 s as
+/// a failure and, when that happens often, marks the endpoint slow and then drops notifications
+/// (graph-protocol.md §3.3). So a failing SQS must produce a fast 503, not a slow one: short
+/// per-attempt timeouts and one quick SDK retry.
+fn sqs_client(aws: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
+    use aws_sdk_sqs::config::retry::RetryConfig;
+    use aws_sdk_sqs::config::timeout::TimeoutConfig;
+    let config = aws_sdk_sqs::config::Builder::from(aws)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(2)
+                .with_initial_backoff(Duration::from_millis(50)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_millis(500))
+                .operation_attempt_timeout(Duration::from_millis(700))
+                .operation_timeout(Duration::from_millis(1500))
+                .build(),
+        )
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
 }
