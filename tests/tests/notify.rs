@@ -202,3 +202,46 @@ async fn when_sqs_fails_notify_answers_5xx_and_a_redelivery_is_enqueued_once_sqs
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].envelope.drive_key, drive);
 }
+
+#[tokio::test]
+async fn a_key_rotated_into_secrets_manager_is_picked_up_by_a_running_notify_within_a_minute() {
+    let (k1, k2) = ("1".repeat(64), "2".repeat(64));
+    let stack = TestStack::start_with(StackOptions {
+        key_secret: format!(r#"{{"active":"k1","k1":"{k1}"}}"#),
+        ..Default::default()
+    })
+    .await;
+    let rotated = format!(r#"{{"active":"k2","retired":["k1"],"k1":"{k1}","k2":"{k2}"}}"#);
+    let arn = stack.running.stack.reference("ClientStateKeysSecret").unwrap().to_owned();
+    aws_sdk_secretsmanager::Client::new(&stack.aws)
+        .put_secret_value()
+        .secret_id(&arn)
+        .secret_string(&rotated)
+        .send()
+        .await
+        .unwrap();
+    let ring = shared::client_state::KeyRing::from_secret_json(&rotated).unwrap();
+    let drive = DriveKey::random();
+    let under = |ring: &shared::client_state::KeyRing| {
+        let cs = ring.mint(&TenantId::parse(T1).unwrap(), &drive);
+        let mut n = change(T1, drive, "s");
+        n["clientState"] = cs.expose().into();
+        collection(vec![n])
+    };
+
+    // Right after start the key secret was just read: no refetch yet, so k2 is unknown.
+    assert_eq!(post(&stack, "/notifications", under(&ring)).await.status(), 202);
+    assert!(stack.drain().await.is_empty());
+
+    // A minute later an unknown key id triggers one refetch, and the notification is genuine.
+    stack.clock.advance(chrono::Duration::seconds(61));
+    assert_eq!(post(&stack, "/notifications", under(&ring)).await.status(), 202);
+    let got = stack.drain().await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope.drive_key, drive);
+
+    // The retired key still verifies: its subscriptions keep working until renew replaces them.
+    let old = shared::client_state::KeyRing::from_secret_json(&format!(r#"{{"active":"k1","k1":"{k1}"}}"#)).unwrap();
+    assert_eq!(post(&stack, "/notifications", under(&old)).await.status(), 202);
+    assert_eq!(stack.drain().await.len(), 1);
+}

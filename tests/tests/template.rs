@@ -1,0 +1,571 @@
+//! What `template.yaml` means, checked where `cfn-lint` and `sam validate --lint` cannot look:
+//! a misspelt value, a wrong route, a policy one action too wide, a key given as a default.
+//!
+//! The template is read with `serde_yaml` and turned into CloudFormation's JSON form, so the
+//! short tags (`!Ref X`, `!GetAtt X.Arn`, `!Sub ...`) become `{"Ref": "X"}`,
+//! `{"Fn::GetAtt": ["X", "Arn"]}` and `{"Fn::Sub": "..."}` and compare like any other value.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+// ---- reading the template -------------------------------------------------------------------
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn template() -> Value {
+    let text =
+        std::fs::read_to_string(repository_root().join("template.yaml")).expect("template.yaml is readable");
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("template.yaml is YAML");
+    cloudformation_json(yaml)
+}
+
+/// YAML → JSON, turning CloudFormation's short tags into their long (JSON) form.
+fn cloudformation_json(yaml: serde_yaml::Value) -> Value {
+    use serde_yaml::Value as Y;
+    match yaml {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(b),
+        Y::Number(n) => serde_json::from_str(&n.to_string()).expect("a YAML number is a JSON number"),
+        Y::String(s) => Value::String(s),
+        Y::Sequence(items) => Value::Array(items.into_iter().map(cloudformation_json).collect()),
+        Y::Mapping(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Y::String(s) => s,
+                        other => serde_yaml::to_string(&other).expect("a key").trim().to_owned(),
+                    };
+                    (key, cloudformation_json(v))
+                })
+                .collect(),
+        ),
+        Y::Tagged(tagged) => {
+            let tag = tagged.tag.to_string();
+            let name = tag.trim_start_matches('!');
+            let arg = cloudformation_json(tagged.value);
+            match (name, arg) {
+                ("Ref", arg) => json!({ "Ref": arg }),
+                ("Condition", arg) => json!({ "Condition": arg }),
+                // `!GetAtt Res.Attr` is the string form of `Fn::GetAtt: [Res, Attr]`.
+                ("GetAtt", Value::String(s)) => {
+                    let (resource, attribute) = s.split_once('.').expect("!GetAtt Resource.Attribute");
+                    json!({ "Fn::GetAtt": [resource, attribute] })
+                }
+                (other, arg) => json!({ format!("Fn::{other}"): arg }),
+            }
+        }
+    }
+}
+
+fn reference(id: &str) -> Value {
+    json!({ "Ref": id })
+}
+
+fn arn_of(id: &str) -> Value {
+    json!({ "Fn::GetAtt": [id, "Arn"] })
+}
+
+fn sub(text: &str) -> Value {
+    json!({ "Fn::Sub": text })
+}
+
+fn resource<'t>(t: &'t Value, id: &str) -> &'t Value {
+    t["Resources"]
+        .get(id)
+        .unwrap_or_else(|| panic!("the template has no resource {id}"))
+}
+
+fn properties<'t>(t: &'t Value, id: &str) -> &'t Value {
+    &resource(t, id)["Properties"]
+}
+
+fn resources_of<'t>(t: &'t Value, kind: &str) -> Vec<(&'t str, &'t Value)> {
+    t["Resources"]
+        .as_object()
+        .expect("Resources is a mapping")
+        .iter()
+        .filter(|(_, r)| r["Type"] == kind)
+        .map(|(id, r)| (id.as_str(), r))
+        .collect()
+}
+
+/// A function's property, or the one it inherits from `Globals.Function`.
+fn effective<'t>(t: &'t Value, function: &str, property: &str) -> &'t Value {
+    match properties(t, function).get(property) {
+        Some(v) => v,
+        None => &t["Globals"]["Function"][property],
+    }
+}
+
+fn as_list(value: &Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items.clone(),
+        Value::Null => Vec::new(),
+        one => vec![one.clone()],
+    }
+}
+
+/// Whether `key` is a mapping key anywhere under `value` (to find intrinsics that must not be there).
+fn contains_key(value: &Value, key: &str) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(k, v)| k == key || contains_key(v, key)),
+        Value::Array(items) => items.iter().any(|v| contains_key(v, key)),
+        _ => false,
+    }
+}
+
+// ---- the HTTP edge --------------------------------------------------------------------------
+
+#[test]
+fn notify_routes_are_post_notifications_and_post_lifecycle_on_the_http_api_without_authorizer() {
+    let t = template();
+    assert_eq!(resource(&t, "HttpApi")["Type"], "AWS::Serverless::HttpApi");
+    let api = properties(&t, "HttpApi");
+    assert!(
+        api.get("Auth").is_none(),
+        "Graph calls anonymously; an authorizer breaks the handshake"
+    );
+
+    let events = properties(&t, "NotifyFunction")["Events"]
+        .as_object()
+        .expect("notify has events");
+    let routes: BTreeSet<(String, String)> = events
+        .values()
+        .map(|event| {
+            assert_eq!(event["Type"], "HttpApi");
+            let p = &event["Properties"];
+            assert_eq!(p["ApiId"], reference("HttpApi"));
+            assert_eq!(
+                p["PayloadFormatVersion"], "2.0",
+                "lambda_http expects payload format 2.0"
+            );
+            assert!(
+                p.get("Auth").is_none(),
+                "a route authorizer would reject Graph too"
+            );
+            (
+                p["Method"].as_str().expect("a method").to_owned(),
+                p["Path"].as_str().expect("a path").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        BTreeSet::from([
+            ("POST".to_owned(), "/notifications".to_owned()),
+            ("POST".to_owned(), "/lifecycle".to_owned()),
+        ])
+    );
+}
+
+#[test]
+fn the_http_api_throttles_every_route_generously_by_default() {
+    let t = template();
+    let settings = &properties(&t, "HttpApi")["DefaultRouteSettings"];
+    let number_behind = |v: &Value| -> f64 {
+        let default = match v.get("Ref").and_then(Value::as_str) {
+            Some(parameter) => &t["Parameters"][parameter]["Default"],
+            None => v,
+        };
+        default
+            .as_f64()
+            .expect("a number, or a Number parameter with a default")
+    };
+    let rate = number_behind(&settings["ThrottlingRateLimit"]);
+    let burst = number_behind(&settings["ThrottlingBurstLimit"]);
+    assert!(
+        rate >= 100.0,
+        "Graph delivers in bursts; rate {rate} is too tight"
+    );
+    assert!(
+        burst >= rate,
+        "burst {burst} should absorb at least a second of the rate {rate}"
+    );
+}
+
+#[test]
+fn nothing_but_the_http_api_routes_is_exposed() {
+    let t = template();
+    for kind in [
+        "AWS::Lambda::Url",
+        "AWS::Lambda::Permission",
+        "AWS::Serverless::Api",
+        "AWS::SQS::QueuePolicy",
+        "AWS::SecretsManager::ResourcePolicy",
+    ] {
+        assert!(
+            resources_of(&t, kind).is_empty(),
+            "{kind} would open another way in"
+        );
+    }
+    for (id, _) in resources_of(&t, "AWS::Serverless::Function") {
+        assert!(
+            properties(&t, id).get("FunctionUrlConfig").is_none(),
+            "{id} has a function URL"
+        );
+    }
+    assert!(t["Globals"]["Function"].get("FunctionUrlConfig").is_none());
+}
+
+// ---- functions ------------------------------------------------------------------------------
+
+#[test]
+fn every_function_is_arm64_provided_al2023_built_with_cargo_lambda_and_logs_json() {
+    let t = template();
+    let functions = resources_of(&t, "AWS::Serverless::Function");
+    assert!(!functions.is_empty());
+    let mut binaries = BTreeSet::new();
+    for (id, function) in functions {
+        assert_eq!(effective(&t, id, "Runtime"), "provided.al2023", "{id}");
+        assert_eq!(effective(&t, id, "Architectures"), &json!(["arm64"]), "{id}");
+        assert_eq!(effective(&t, id, "Handler"), "bootstrap", "{id}");
+        assert_eq!(
+            effective(&t, id, "LoggingConfig"),
+            &json!({ "LogFormat": "JSON", "ApplicationLogLevel": "INFO", "SystemLogLevel": "WARN" }),
+            "{id}"
+        );
+
+        assert_eq!(function["Metadata"]["BuildMethod"], "rust-cargolambda", "{id}");
+        let binary = function["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .expect("a Binary");
+        assert!(
+            binaries.insert(binary.to_owned()),
+            "{id}: binary {binary} is built by two functions"
+        );
+
+        // CodeUri is the function's own workspace member, which declares that binary.
+        let code_uri = properties(&t, id)["CodeUri"].as_str().expect("a CodeUri");
+        let manifest = std::fs::read_to_string(repository_root().join(code_uri).join("Cargo.toml"))
+            .unwrap_or_else(|e| panic!("{id}: CodeUri {code_uri} has no Cargo.toml: {e}"));
+        assert!(
+            manifest
+                .lines()
+                .any(|line| line.replace(' ', "") == format!("name=\"{binary}\"")),
+            "{id}: {code_uri}/Cargo.toml does not name binary {binary}"
+        );
+    }
+}
+
+#[test]
+fn every_function_has_a_log_group_kept_for_the_retention_parameter() {
+    let t = template();
+    let groups = resources_of(&t, "AWS::Logs::LogGroup");
+    for (id, _) in resources_of(&t, "AWS::Serverless::Function") {
+        let name = sub(&format!("/aws/lambda/${{{id}}}"));
+        let (_, group) = groups
+            .iter()
+            .find(|(_, g)| g["Properties"]["LogGroupName"] == name)
+            .unwrap_or_else(|| panic!("{id} has no explicit log group"));
+        assert_eq!(
+            group["Properties"]["RetentionInDays"],
+            reference("LogRetentionDays"),
+            "{id}"
+        );
+    }
+
+    let retention = &t["Parameters"]["LogRetentionDays"];
+    assert_eq!(retention["Type"], "Number");
+    assert_eq!(retention["Default"], 30);
+    let valid = [
+        1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288,
+        3653,
+    ];
+    for allowed in retention["AllowedValues"].as_array().expect("AllowedValues") {
+        let days = allowed.as_i64().expect("a number of days");
+        assert!(
+            valid.contains(&days),
+            "CloudWatch Logs does not accept {days} days"
+        );
+    }
+}
+
+#[test]
+fn notify_answers_well_within_graphs_deadlines() {
+    let t = template();
+    let timeout = effective(&t, "NotifyFunction", "Timeout")
+        .as_i64()
+        .expect("a timeout");
+    // Graph wants a notification answered within 3 s and a validation within 10 s: notify must
+    // outlive a cold start but never hang past the point Graph has given up.
+    assert!((3..10).contains(&timeout), "notify's timeout {timeout} s");
+}
+
+#[test]
+fn notify_is_told_its_queue_and_secret_by_environment() {
+    let t = template();
+    let variables = properties(&t, "NotifyFunction")["Environment"]["Variables"].clone();
+    let mut expected = Map::new();
+    expected.insert(
+        shared::config::NOTIFICATIONS_QUEUE_URL.into(),
+        reference("NotificationsQueue"),
+    );
+    expected.insert(
+        shared::config::CLIENT_STATE_KEYS_SECRET_ARN.into(),
+        reference("ClientStateKeysSecret"),
+    );
+    expected.insert("RUST_LOG".into(), json!("info"));
+    assert_eq!(variables, Value::Object(expected));
+}
+
+#[test]
+fn notify_may_only_send_to_its_queue_and_read_its_secret() {
+    let t = template();
+    let notify = properties(&t, "NotifyFunction");
+    assert!(
+        notify.get("Role").is_none(),
+        "a custom role would bypass the policies below"
+    );
+    assert!(notify.get("PermissionsBoundary").is_none());
+    assert!(t["Globals"]["Function"].get("Policies").is_none());
+
+    let mut grants = BTreeSet::new();
+    for policy in as_list(&notify["Policies"]) {
+        // Inline documents only: a string is a managed policy, any other object a SAM policy
+        // template, and both grant more than notify needs.
+        let statements = policy
+            .get("Statement")
+            .unwrap_or_else(|| panic!("not an inline policy document: {policy}"));
+        for statement in as_list(statements) {
+            assert_eq!(statement["Effect"], "Allow");
+            assert!(statement.get("NotAction").is_none() && statement.get("NotResource").is_none());
+            assert!(statement.get("Condition").is_none());
+            for action in as_list(&statement["Action"]) {
+                for resource in as_list(&statement["Resource"]) {
+                    grants.insert((
+                        action.as_str().expect("an action").to_owned(),
+                        resource.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        grants,
+        BTreeSet::from([
+            (
+                "sqs:SendMessage".to_owned(),
+                arn_of("NotificationsQueue").to_string()
+            ),
+            (
+                "secretsmanager:GetSecretValue".to_owned(),
+                reference("ClientStateKeysSecret").to_string()
+            ),
+        ])
+    );
+}
+
+// ---- the notifications queue ------------------------------------------------------------------
+
+#[test]
+fn the_notifications_queue_is_high_throughput_fifo_without_content_based_deduplication() {
+    let t = template();
+    assert_eq!(resource(&t, "NotificationsQueue")["Type"], "AWS::SQS::Queue");
+    let queue = properties(&t, "NotificationsQueue");
+    assert_eq!(queue["QueueName"], sub("${AWS::StackName}-notifications.fifo"));
+    assert_eq!(queue["FifoQueue"], true);
+    // Two drive notifications for two different changes are byte-identical.
+    assert_eq!(queue["ContentBasedDeduplication"], false);
+    assert_eq!(queue["DeduplicationScope"], "messageGroup");
+    assert_eq!(queue["FifoThroughputLimit"], "perMessageGroupId");
+    assert_eq!(queue["MessageRetentionPeriod"], 1_209_600);
+    assert_eq!(queue["SqsManagedSseEnabled"], true);
+    let visibility = queue["VisibilityTimeout"].as_i64().expect("a visibility timeout");
+    assert!(
+        (30..=43_200).contains(&visibility),
+        "visibility timeout {visibility} s"
+    );
+}
+
+#[test]
+fn the_notifications_queue_redrives_to_a_fifo_dead_letter_queue() {
+    let t = template();
+    let queue = properties(&t, "NotificationsQueue");
+    assert_eq!(
+        queue["RedrivePolicy"],
+        json!({ "deadLetterTargetArn": arn_of("NotificationsDeadLetterQueue"), "maxReceiveCount": 5 })
+    );
+
+    let dlq = properties(&t, "NotificationsDeadLetterQueue");
+    assert_eq!(dlq["QueueName"], sub("${AWS::StackName}-notifications-dlq.fifo"));
+    assert_eq!(dlq["FifoQueue"], true);
+    assert_eq!(dlq["MessageRetentionPeriod"], 1_209_600);
+    assert_eq!(dlq["SqsManagedSseEnabled"], true);
+    assert!(
+        dlq.get("RedrivePolicy").is_none(),
+        "a dead-letter queue dead-letters nowhere"
+    );
+
+    // Only the notifications queue may dead-letter here: its ARN, spelt from its name.
+    let name = queue["QueueName"]["Fn::Sub"]
+        .as_str()
+        .expect("the queue's name is a !Sub");
+    assert_eq!(
+        dlq["RedriveAllowPolicy"],
+        json!({
+            "redrivePermission": "byQueue",
+            "sourceQueueArns": [sub(&format!("arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{name}"))],
+        })
+    );
+}
+
+#[test]
+fn the_queues_are_spelt_out_literally_for_the_local_bootstrap() {
+    let t = template();
+    assert!(t.get("Conditions").is_none() && t.get("Mappings").is_none());
+    for (id, queue) in resources_of(&t, "AWS::SQS::Queue") {
+        assert!(queue.get("Condition").is_none(), "{id} is conditional");
+        for intrinsic in ["Fn::If", "Fn::FindInMap", "Fn::ImportValue", "Fn::Select"] {
+            assert!(
+                !contains_key(&queue["Properties"], intrinsic),
+                "{id} uses {intrinsic}"
+            );
+        }
+    }
+}
+
+// ---- secrets ----------------------------------------------------------------------------------
+
+#[test]
+fn the_client_state_keys_are_generated_never_a_parameter_default() {
+    let t = template();
+    assert_eq!(
+        resource(&t, "ClientStateKeysSecret")["Type"],
+        "AWS::SecretsManager::Secret"
+    );
+    let secret = properties(&t, "ClientStateKeysSecret");
+    assert!(
+        secret.get("SecretString").is_none(),
+        "the keys must be generated, not written down"
+    );
+
+    let generate = &secret["GenerateSecretString"];
+    let skeleton: Value =
+        serde_json::from_str(generate["SecretStringTemplate"].as_str().expect("a template"))
+            .expect("SecretStringTemplate is JSON");
+    let generated_key = generate["GenerateStringKey"]
+        .as_str()
+        .expect("a GenerateStringKey");
+    assert_eq!(
+        skeleton,
+        json!({ "active": generated_key }),
+        "the generated key is the active one"
+    );
+    assert!(generate["PasswordLength"].as_i64().expect("a length") >= 32);
+    assert_eq!(
+        generate["ExcludePunctuation"], true,
+        "punctuation would need escaping in JSON"
+    );
+
+    // What Secrets Manager stores (64 letters and digits under the generated key) is a ring the
+    // functions accept.
+    let stored = json!({ "active": generated_key, generated_key: "Zq7".repeat(21) + "x" }).to_string();
+    let ring =
+        shared::client_state::KeyRing::from_secret_json(&stored).expect("the generated secret is a key ring");
+    assert_eq!(ring.active().as_str(), generated_key);
+
+    for (name, parameter) in t["Parameters"].as_object().into_iter().flatten() {
+        let lower = name.to_lowercase();
+        if ["secret", "key", "token", "password", "clientstate"]
+            .iter()
+            .any(|word| lower.contains(word))
+        {
+            assert!(
+                parameter.get("Default").is_none(),
+                "parameter {name} has a default"
+            );
+            assert_eq!(parameter["NoEcho"], true, "parameter {name} would be echoed");
+        }
+    }
+}
+
+// ---- outputs ------------------------------------------------------------------------------------
+
+#[test]
+fn outputs_name_the_notification_urls() {
+    let t = template();
+    let outputs = t["Outputs"].as_object().expect("Outputs");
+    let names: BTreeSet<&str> = outputs.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "ApiUrl",
+            "NotificationUrl",
+            "LifecycleNotificationUrl",
+            "NotificationsQueueUrl",
+            "NotificationsDeadLetterQueueUrl",
+            "ClientStateKeysSecretArn",
+        ])
+    );
+    for (name, output) in outputs {
+        assert!(
+            output.get("Export").is_none(),
+            "{name} is exported to other stacks"
+        );
+    }
+
+    let base = "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/";
+    assert_eq!(outputs["ApiUrl"]["Value"], sub(base));
+    // The URLs given to Graph are the routes notify serves.
+    let events = &properties(&t, "NotifyFunction")["Events"];
+    let path = |event: &str| {
+        events[event]["Properties"]["Path"]
+            .as_str()
+            .expect("a path")
+            .to_owned()
+    };
+    assert_eq!(
+        outputs["NotificationUrl"]["Value"],
+        sub(&format!("{}{}", base, &path("Notifications")[1..]))
+    );
+    assert_eq!(
+        outputs["LifecycleNotificationUrl"]["Value"],
+        sub(&format!("{}{}", base, &path("LifecycleNotifications")[1..]))
+    );
+    assert_eq!(
+        outputs["NotificationsQueueUrl"]["Value"],
+        reference("NotificationsQueue")
+    );
+    assert_eq!(
+        outputs["NotificationsDeadLetterQueueUrl"]["Value"],
+        reference("NotificationsDeadLetterQueue")
+    );
+    assert_eq!(
+        outputs["ClientStateKeysSecretArn"]["Value"],
+        reference("ClientStateKeysSecret")
+    );
+}
+
+// ---- samconfig.toml -----------------------------------------------------------------------------
+
+#[test]
+fn samconfig_deploys_with_iam_capability_and_never_names_a_region_or_profile() {
+    let text = std::fs::read_to_string(repository_root().join("samconfig.toml")).expect("samconfig.toml");
+    let settings: BTreeSet<String> = text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or_default().replace(' ', ""))
+        .filter(|line| line.contains('='))
+        .collect();
+    for expected in [
+        "version=0.1",
+        "stack_name=\"graphfeed\"",
+        "parallel=false",
+        "lint=true",
+        "capabilities=\"CAPABILITY_IAM\"",
+        "confirm_changeset=true",
+        "resolve_s3=true",
+        "fail_on_empty_changeset=false",
+    ] {
+        assert!(settings.contains(expected), "samconfig.toml lacks {expected}");
+    }
+    for forbidden in ["region=", "profile="] {
+        assert!(
+            !settings.iter().any(|s| s.starts_with(forbidden)),
+            "samconfig.toml sets {forbidden}"
+        );
+    }
+}
