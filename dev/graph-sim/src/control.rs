@@ -1,0 +1,215 @@
+//! The control API under `/_sim`: what tests and `make local` use to arrange the simulated world
+//! and to look inside it. Every route is a thin wrapper over a [`Sim`] method; request and response
+//! bodies are snake_case JSON, errors are `{"error":{"code","message"}}` (see the README).
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::drive::{Item, ItemUpdate, NewItem};
+use crate::errors::SimError;
+use crate::faults::Fault;
+use crate::identity::IssuedToken;
+use crate::sim::{CreatedUser, NewUser, Sim};
+use crate::subscriptions::LifecycleEvent;
+
+type ControlResult<T> = Result<T, SimError>;
+
+/// The control routes, to be nested under `/_sim`.
+pub(crate) fn router() -> Router<Sim> {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/users", post(create_user))
+        .route("/users/{user_id}/token", post(issue_token))
+        .route("/drives/{drive_id}/items", post(create_item))
+        .route(
+            "/drives/{drive_id}/items/{item_id}",
+            get(get_item).patch(update_item).delete(delete_item),
+        )
+        .route("/drives/{drive_id}/items/{item_id}/modify", post(modify_item))
+        .route("/drives/{drive_id}/journal", get(journal))
+        .route("/subscriptions", get(subscriptions))
+        .route("/subscriptions/{id}", get(subscription))
+        .route("/subscriptions/{id}/lifecycle", post(lifecycle))
+        .route("/faults", get(faults).post(add_fault).delete(clear_faults))
+        .route(
+            "/counters",
+            get(|State(sim): State<Sim>| async move { Json(sim.counters()) }),
+        )
+        .route(
+            "/deliveries",
+            get(|State(sim): State<Sim>| async move { Json(sim.deliveries()) }),
+        )
+        .route(
+            "/endpoints",
+            get(|State(sim): State<Sim>| async move { Json(sim.endpoints()) }),
+        )
+        .route("/clock", get(clock))
+        .route("/clock/advance", post(advance))
+        .route("/reset", post(reset))
+}
+
+/// Reads a JSON body; an empty body reads as `T::default()` for the routes whose fields are all
+/// optional.
+fn optional_body<T: DeserializeOwned + Default>(bytes: &Bytes) -> ControlResult<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        required_body(bytes)
+    }
+}
+
+fn required_body<T: DeserializeOwned>(bytes: &Bytes) -> ControlResult<T> {
+    serde_json::from_slice(bytes).map_err(|error| SimError::BadRequest(format!("invalid JSON body: {error}")))
+}
+
+async fn create_user(State(sim): State<Sim>, body: Bytes) -> ControlResult<(StatusCode, Json<CreatedUser>)> {
+    let request: NewUser = optional_body(&body)?;
+    Ok((StatusCode::CREATED, Json(sim.create_user(request)?)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default)]
+    app_id: Option<String>,
+}
+
+async fn issue_token(
+    State(sim): State<Sim>,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> ControlResult<Json<IssuedToken>> {
+    let request: TokenRequest = optional_body(&body)?;
+    Ok(Json(sim.issue_token(&user_id, request.app_id.as_deref())?))
+}
+
+async fn create_item(
+    State(sim): State<Sim>,
+    Path(drive_id): Path<String>,
+    body: Bytes,
+) -> ControlResult<(StatusCode, Json<Item>)> {
+    let request: NewItem = required_body(&body)?;
+    Ok((StatusCode::CREATED, Json(sim.create_item(&drive_id, &request)?)))
+}
+
+async fn get_item(
+    State(sim): State<Sim>,
+    Path((drive_id, item_id)): Path<(String, String)>,
+) -> ControlResult<Json<Item>> {
+    Ok(Json(sim.item(&drive_id, &item_id)?))
+}
+
+async fn update_item(
+    State(sim): State<Sim>,
+    Path((drive_id, item_id)): Path<(String, String)>,
+    body: Bytes,
+) -> ControlResult<Json<Item>> {
+    let request: ItemUpdate = required_body(&body)?;
+    Ok(Json(sim.update_item(&drive_id, &item_id, &request)?))
+}
+
+async fn delete_item(
+    State(sim): State<Sim>,
+    Path((drive_id, item_id)): Path<(String, String)>,
+) -> ControlResult<Json<Item>> {
+    Ok(Json(sim.delete_item(&drive_id, &item_id)?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModifyRequest {
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+async fn modify_item(
+    State(sim): State<Sim>,
+    Path((drive_id, item_id)): Path<(String, String)>,
+    body: Bytes,
+) -> ControlResult<Json<Item>> {
+    let request: ModifyRequest = optional_body(&body)?;
+    Ok(Json(sim.modify_item(&drive_id, &item_id, request.size)?))
+}
+
+async fn journal(State(sim): State<Sim>, Path(drive_id): Path<String>) -> ControlResult<Json<Value>> {
+    Ok(Json(json!({"entries": sim.journal(&drive_id)?})))
+}
+
+async fn subscriptions(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!({"value": sim.subscriptions()}))
+}
+
+async fn subscription(State(sim): State<Sim>, Path(id): Path<String>) -> ControlResult<Json<Value>> {
+    let found = sim
+        .subscription(&id)
+        .ok_or_else(|| SimError::NotFound(format!("subscription {id} not found")))?;
+    Ok(Json(json!(found)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LifecycleRequest {
+    event: LifecycleEvent,
+}
+
+async fn lifecycle(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ControlResult<(StatusCode, Json<Value>)> {
+    let request: LifecycleRequest = required_body(&body)?;
+    sim.send_lifecycle(&id, request.event)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"queued": true}))))
+}
+
+async fn faults(State(sim): State<Sim>) -> Json<Vec<Fault>> {
+    Json(sim.faults())
+}
+
+async fn add_fault(State(sim): State<Sim>, body: Bytes) -> ControlResult<(StatusCode, Json<Fault>)> {
+    let fault: Fault = required_body(&body)?;
+    if axum::http::StatusCode::from_u16(fault.status).is_err() {
+        return Err(SimError::BadRequest(format!(
+            "{} is not an HTTP status",
+            fault.status
+        )));
+    }
+    sim.add_fault(fault.clone());
+    Ok((StatusCode::CREATED, Json(fault)))
+}
+
+async fn clear_faults(State(sim): State<Sim>) -> StatusCode {
+    sim.clear_faults();
+    StatusCode::NO_CONTENT
+}
+
+async fn clock(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!({"now": sim.now(), "offset_seconds": sim.config().clock.offset().num_seconds()}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdvanceRequest {
+    seconds: i64,
+}
+
+async fn advance(State(sim): State<Sim>, body: Bytes) -> ControlResult<Json<Value>> {
+    let request: AdvanceRequest = required_body(&body)?;
+    if request.seconds < 0 {
+        return Err(SimError::BadRequest("the clock only moves forward".to_owned()));
+    }
+    let now = sim.advance(chrono::Duration::seconds(request.seconds));
+    Ok(Json(json!({"now": now})))
+}
+
+async fn reset(State(sim): State<Sim>) -> StatusCode {
+    sim.reset();
+    StatusCode::NO_CONTENT
+}

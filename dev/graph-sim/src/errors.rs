@@ -1,0 +1,220 @@
+//! The two error vocabularies of the simulator.
+//!
+//! [`GraphError`] is what a Graph call fails with: a status, Graph's `code` and `message`, rendered
+//! in Graph's envelope `{"error":{"code","message","innerError":{"date","request-id",
+//! "client-request-id"}}}` (graph-protocol.md §1.6). The texts that graphfeed's code may match on
+//! are the real ones and live here as constants, so tests and handlers share one spelling.
+//!
+//! [`SimError`] is what a control call (`/_sim/...`) or a [`crate::Sim`] method fails with.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// §1.6: GET/PATCH/DELETE of an expired or removed subscription.
+pub const MSG_NOT_FOUND: &str = "The object was not found.";
+/// §1.6: bad or incomplete creation payload.
+pub const MSG_BAD_PAYLOAD: &str = "Could not process subscription creation payload. Are all property names spelled and camelCased properly?";
+/// §1.1: a PATCH that carries neither property.
+pub const MSG_PATCH_NEEDS_PROPERTY: &str =
+    "Subscription must contain either the 'expirationDateTime' or 'notificationUrl' property and its value.";
+/// §1.6: `includeResourceData` on a drive.
+pub const MSG_NO_RICH_NOTIFICATIONS: &str = "File Services workload is not enabled for rich notifications.";
+/// §1.6: the endpoint answered the handshake with something other than 200 (or could not be reached).
+pub const MSG_VALIDATION_NOT_200: &str = "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.";
+/// §1.6: the endpoint did not answer the handshake within the deadline.
+pub const MSG_VALIDATION_TIMED_OUT: &str = "Subscription validation request timed out.";
+/// §1.6: the endpoint answered 200 with a body other than the decoded token.
+pub const MSG_VALIDATION_MISMATCH: &str =
+    "Subscription validation request failed. Response must exactly match validationToken query parameter.";
+/// §1.5: the observed OneDrive quota error.
+pub const MSG_QUOTA: &str = "Operation: Create; Exception: [Status Code: Forbidden; Reason: Maximum number of subscriptions has been reached]";
+/// A missing, unknown or expired bearer token.
+pub const MSG_TOKEN_INVALID: &str = "Access token has expired or is not yet valid.";
+/// A resource that belongs to someone else.
+pub const MSG_ACCESS_DENIED: &str =
+    "Access denied. You do not have permission to perform this action or access this resource.";
+
+/// §1.3/§1.6: an expiration beyond the resource's maximum.
+pub fn expiration_too_far_message(max_minutes: i64) -> String {
+    format!("Subscription expiration can only be {max_minutes} minutes in the future.")
+}
+
+/// §1.6: the 409 for a second subscription with the same combination.
+pub fn duplicate_message(existing_id: &str) -> String {
+    format!("Subscription Id {existing_id} already exists for the requested combination")
+}
+
+/// §1.4: the text Graph gives for a resource it will not subscribe to (a file, a business folder).
+pub fn unsupported_resource_message(resource: &str) -> String {
+    format!("resource '{resource}' is not supported.")
+}
+
+/// The request-scoped identifiers that Graph puts in `innerError` and the `request-id` header.
+#[derive(Debug, Clone)]
+pub struct RequestIds {
+    pub request_id: String,
+    pub client_request_id: String,
+    /// `innerError.date`, already rendered (sim time).
+    pub date: String,
+}
+
+/// A failed Graph call.
+#[derive(Debug, Clone)]
+pub struct GraphError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    /// Seconds for a `Retry-After` header (faults, throttling).
+    pub retry_after: Option<u64>,
+    /// A body to send verbatim instead of the envelope (fault injection).
+    pub raw_body: Option<Value>,
+}
+
+impl GraphError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+            retry_after: None,
+            raw_body: None,
+        }
+    }
+
+    /// 400 `InvalidRequest`, the code of most subscription rule violations (§1.6).
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidRequest", message)
+    }
+
+    /// 400 `ValidationError`: the handshake got a non-200 answer or none (§1.6).
+    pub fn validation_error(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ValidationError", message)
+    }
+
+    /// 404 `ResourceNotFound` "The object was not found." (§1.6).
+    pub fn subscription_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "ResourceNotFound", MSG_NOT_FOUND)
+    }
+
+    /// 401 `InvalidAuthenticationToken`.
+    pub fn invalid_token() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            MSG_TOKEN_INVALID,
+        )
+    }
+
+    /// 403 for a drive or item of another user.
+    pub fn access_denied() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "accessDenied", MSG_ACCESS_DENIED)
+    }
+
+    /// 404 for a drive or item that does not exist.
+    pub fn item_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "itemNotFound",
+            "The resource could not be found.",
+        )
+    }
+
+    /// An injected fault: Graph's code for the status (§8), a Retry-After when asked.
+    pub fn fault(status: StatusCode, retry_after: Option<u64>, body: Option<Value>) -> Self {
+        let (code, message) = match status.as_u16() {
+            429 => ("activityLimitReached", "The request has been throttled."),
+            503 => (
+                "serviceNotAvailable",
+                "The service is temporarily unavailable. Please try again later.",
+            ),
+            509 => ("bandwidthLimitExceeded", "Bandwidth limit exceeded."),
+            500 => ("generalException", "An unspecified error has occurred."),
+            502 | 504 => ("serviceNotAvailable", "The service is temporarily unavailable."),
+            401 => ("InvalidAuthenticationToken", MSG_TOKEN_INVALID),
+            403 => ("accessDenied", MSG_ACCESS_DENIED),
+            404 => ("itemNotFound", "The resource could not be found."),
+            409 => ("conflict", "The request conflicts with the current state."),
+            400 => ("invalidRequest", "The request is malformed or incorrect."),
+            _ => ("generalException", "An injected fault."),
+        };
+        Self {
+            status,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            retry_after,
+            raw_body: body,
+        }
+    }
+
+    /// Graph's error envelope (§1.6).
+    pub fn envelope(&self, ids: &RequestIds) -> Value {
+        json!({
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "innerError": {
+                    "date": ids.date,
+                    "request-id": ids.request_id,
+                    "client-request-id": ids.client_request_id,
+                }
+            }
+        })
+    }
+
+    /// The full response, with the ids of the request it answers.
+    pub fn to_response(&self, ids: &RequestIds) -> Response {
+        let body = self.raw_body.clone().unwrap_or_else(|| self.envelope(ids));
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl IntoResponse for GraphError {
+    /// Renders with fresh ids; the Graph middleware re-renders with the request's own ids, found
+    /// through the copy of the error left in the response's extensions.
+    fn into_response(self) -> Response {
+        let ids = RequestIds {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            client_request_id: uuid::Uuid::new_v4().to_string(),
+            date: crate::time::inner_error_date(chrono::Utc::now()),
+        };
+        let mut response = self.to_response(&ids);
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+/// A failed control call or [`crate::Sim`] method.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request cannot be carried out as written.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request contradicts the current state.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl IntoResponse for SimError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            SimError::NotFound(_) => (StatusCode::NOT_FOUND, "notFound"),
+            SimError::BadRequest(_) => (StatusCode::BAD_REQUEST, "badRequest"),
+            SimError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        };
+        (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,171 @@
+//! The Graph surface under `/v1.0`: routing, the middleware every Graph call passes through, and
+//! bearer-token authentication.
+//!
+//! The middleware gives every response a `request-id` header and echoes `client-request-id`,
+//! counts the call by route template, answers with an injected fault when one matches, and writes
+//! every [`GraphError`] in Graph's envelope with this request's ids (graph-protocol.md §1.6).
+
+pub mod drives;
+pub mod subscriptions;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+
+use crate::errors::{GraphError, RequestIds};
+use crate::faults;
+use crate::identity::Grant;
+use crate::sim::Sim;
+use crate::time::inner_error_date;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
+
+/// Where the Graph routes are mounted.
+pub(crate) const GRAPH_PREFIX: &str = "/v1.0";
+
+/// The prefix Graph's `@odata.context` values start with.
+pub(crate) const ODATA_BASE: &str = "https://graph.microsoft.com/v1.0/$metadata";
+
+/// The Graph routes, to be nested under [`GRAPH_PREFIX`].
+pub(crate) fn router(sim: Sim) -> Router<Sim> {
+    Router::new()
+        .route(
+            "/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/subscriptions/{id}",
+            get(subscriptions::get_one)
+                .patch(subscriptions::update)
+                .delete(subscriptions::delete),
+        )
+        .route(
+            "/subscriptions/{id}/reauthorize",
+            axum::routing::post(subscriptions::reauthorize),
+        )
+        .route("/me/drive", get(drives::my_drive))
+        .route("/me/drive/root", get(drives::my_root))
+        .route("/drives/{drive_id}", get(drives::drive))
+        .route("/drives/{drive_id}/root", get(drives::root))
+        .route("/drives/{drive_id}/items/{item_id}", get(drives::item))
+        .fallback(unknown_segment)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(sim, graph_middleware))
+}
+
+async fn graph_middleware(State(sim): State<Sim>, request: Request, next: Next) -> Response {
+    let client_request_id = request
+        .headers()
+        .get(&CLIENT_REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let ids = RequestIds {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        client_request_id,
+        date: inner_error_date(sim.now()),
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "(unmatched)".to_owned(), |matched| matched.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let fault = {
+        let mut state = sim.lock();
+        *state
+            .counters
+            .graph_calls
+            .entry(format!("{method} {route}"))
+            .or_default() += 1;
+        // Nesting strips the prefix from the URI; faults are written against the full path.
+        let path = format!("{GRAPH_PREFIX}{}", request.uri().path());
+        let fault = faults::take_matching(&mut state.faults, &method, &path);
+        if fault.is_some() {
+            state.counters.faults_injected += 1;
+        }
+        fault
+    };
+    let mut response = match fault {
+        Some(fault) => {
+            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            GraphError::fault(status, fault.retry_after, fault.body).to_response(&ids)
+        }
+        None => {
+            let response = next.run(request).await;
+            match response.extensions().get::<GraphError>().cloned() {
+                Some(error) => error.to_response(&ids),
+                None => response,
+            }
+        }
+    };
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&ids.request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&ids.client_request_id) {
+        headers.insert(CLIENT_REQUEST_ID, value);
+    }
+    response
+}
+
+/// Graph's answer for a path it does not know.
+async fn unknown_segment(request: Request) -> GraphError {
+    let segment = request
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    GraphError::new(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        format!("Resource not found for the segment '{segment}'."),
+    )
+}
+
+/// Graph's answer for a known path with a method it does not support.
+async fn method_not_allowed() -> GraphError {
+    GraphError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "BadRequest",
+        "Specified HTTP method is not allowed for the request target.",
+    )
+}
+
+/// The authenticated caller of a Graph request: `Authorization: Bearer <token>` with a token the
+/// simulator issued that the sim clock has not passed.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Grant);
+
+impl FromRequestParts<Sim> for Caller {
+    type Rejection = GraphError;
+
+    async fn from_request_parts(parts: &mut Parts, sim: &Sim) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                let (scheme, token) = value.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            })
+            .ok_or_else(GraphError::invalid_token)?;
+        let now = sim.now();
+        let state = sim.lock();
+        state
+            .identity
+            .authenticate(&token, now)
+            .cloned()
+            .map(Caller)
+            .ok_or_else(GraphError::invalid_token)
+    }
+}

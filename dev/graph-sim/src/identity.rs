@@ -1,0 +1,128 @@
+//! Who is calling: tenants, users and the opaque Graph access tokens the simulator issues.
+//!
+//! A token stands for (tenant, user, app): the user becomes a subscription's `creatorId`, the app
+//! its `applicationId` (graph-protocol.md §1.2). Tokens are minted in exactly one place,
+//! [`Identity::issue_token`], so the Entra on-behalf-of endpoint of a later issue can hand out the
+//! very same tokens. Expiry is judged on the simulated clock.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+/// The app id a user's tokens carry when the caller names none: graphfeed's local dev app.
+pub const DEFAULT_APP_ID: &str = "5e7a1c2d-3b4f-4a6e-9d8c-67f00dfeed01";
+
+/// Every access token the simulator issues starts with this, so a log reader can tell them apart.
+pub const TOKEN_PREFIX: &str = "simgraph.";
+
+/// An Entra tenant. Business tenants get OneDrive for Business style drives (`b!...`), whose
+/// subscriptions are root-only (§1.4).
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub business: bool,
+}
+
+/// A user with one drive.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: String,
+    pub tenant_id: String,
+    pub display_name: String,
+    pub drive_id: String,
+    /// The app a fresh token is issued for when the request names none.
+    pub app_id: String,
+}
+
+/// What a token proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub app_id: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A freshly issued token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IssuedToken {
+    pub access_token: String,
+    /// RFC 3339, sim time.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Tenants, users and live tokens.
+#[derive(Debug, Default)]
+pub struct Identity {
+    pub tenants: HashMap<String, Tenant>,
+    pub users: HashMap<String, User>,
+    tokens: HashMap<String, Grant>,
+}
+
+impl Identity {
+    /// Mints an opaque token for (tenant, user, app), valid until `now + lifetime` on the sim clock.
+    /// The one place tokens are made: the OBO endpoint will call this too.
+    pub fn issue_token(
+        &mut self,
+        tenant_id: &str,
+        user_id: &str,
+        app_id: &str,
+        now: DateTime<Utc>,
+        lifetime: chrono::Duration,
+    ) -> IssuedToken {
+        // Forget tokens that can never be valid again, so a long test run does not grow forever.
+        self.tokens.retain(|_, grant| grant.expires_at > now);
+        let access_token = format!(
+            "{TOKEN_PREFIX}{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let expires_at = now + lifetime;
+        self.tokens.insert(
+            access_token.clone(),
+            Grant {
+                tenant_id: tenant_id.to_owned(),
+                user_id: user_id.to_owned(),
+                app_id: app_id.to_owned(),
+                expires_at,
+            },
+        );
+        IssuedToken {
+            access_token,
+            expires_at,
+        }
+    }
+
+    /// The grant behind a bearer token, if it is known and not yet expired at `now`.
+    pub fn authenticate(&self, token: &str, now: DateTime<Utc>) -> Option<&Grant> {
+        self.tokens.get(token).filter(|grant| grant.expires_at > now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_valid_until_the_sim_clock_passes_its_expiry() {
+        let mut identity = Identity::default();
+        let now = Utc::now();
+        let issued = identity.issue_token("t", "u", DEFAULT_APP_ID, now, chrono::Duration::hours(1));
+        assert!(issued.access_token.starts_with(TOKEN_PREFIX));
+        let grant = identity
+            .authenticate(&issued.access_token, now)
+            .expect("fresh token");
+        assert_eq!(grant.user_id, "u");
+        assert!(
+            identity
+                .authenticate(&issued.access_token, now + chrono::Duration::minutes(59))
+                .is_some()
+        );
+        assert!(
+            identity
+                .authenticate(&issued.access_token, now + chrono::Duration::hours(1))
+                .is_none()
+        );
+        assert!(identity.authenticate("simgraph.unknown", now).is_none());
+    }
+}

@@ -1,0 +1,254 @@
+//! graph-sim: a local Microsoft Graph simulator for graphfeed's tests and `make local`.
+//!
+//! It serves Graph under `/v1.0` (subscriptions with their real rules and error texts, the
+//! validation handshake, read-only drives) and a control API under `/_sim` (users and tokens, drive
+//! changes, the clock, faults, counters, the delivery log). Drive changes become change
+//! notifications delivered to webhooks with Graph's batching, deadlines, retries and throttling
+//! states. The rules come from `shared/reference/graph-protocol.md`; each module names its
+//! sections.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let running = graph_sim::start(graph_sim::SimConfig::default(), "127.0.0.1:0".parse()?).await?;
+//! let user = running.sim().create_user(graph_sim::NewUser::default())?;
+//! // ... point graphfeed at running.graph_base_url() with user.access_token ...
+//! running.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! All simulated time is read from [`SimConfig::clock`], a [`shared::clock::OffsetClock`]: give
+//! the same clock to graphfeed and to the simulator and advance it once for both.
+
+pub mod control;
+pub mod delivery;
+pub mod drive;
+pub mod errors;
+pub mod faults;
+pub mod graph;
+pub mod identity;
+mod sim;
+pub mod state;
+pub mod subscriptions;
+pub mod time;
+pub mod validation;
+
+use std::net::SocketAddr;
+use std::time::Duration as StdDuration;
+
+use axum::Router;
+use chrono::Duration;
+use shared::clock::OffsetClock;
+
+pub use crate::delivery::{DeliveryAttempt, EndpointReport, NotificationKind, Outcome};
+pub use crate::drive::{Item, ItemUpdate, JournalEntry, NewItem};
+pub use crate::errors::SimError;
+pub use crate::faults::Fault;
+pub use crate::identity::{DEFAULT_APP_ID, IssuedToken};
+pub use crate::sim::{CreatedUser, NewUser, Sim};
+pub use crate::state::Counters;
+pub use crate::subscriptions::{LifecycleEvent, Subscription};
+
+/// Deadlines, windows and thresholds. Fields named for real time are real-time budgets (HTTP
+/// deadlines); the rest are on the simulated clock. Defaults are Graph's values
+/// (graph-protocol.md §2, §3.3); tests may shorten the real-time ones with [`Timing::fast`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    /// Real time the endpoint has to answer a validation handshake (§2: 10 s).
+    pub validation: StdDuration,
+    /// Real time for a first delivery attempt; a 2xx within it is delivered (§3.3: 3 s).
+    pub first_delivery: StdDuration,
+    /// Real time for each retry (§3.3: 10 s).
+    pub retry: StdDuration,
+    /// Real time the delivery task waits after new work arrives, so a burst shares one POST.
+    pub batch_window: StdDuration,
+    /// Real-time period at which the delivery task looks for due work without being woken.
+    pub tick: StdDuration,
+    /// Most notifications in one POST.
+    pub max_batch: usize,
+    /// Sim-time waits before retry 1, 2, ...; the last one repeats.
+    pub retry_backoff: Vec<Duration>,
+    /// Sim time after the first attempt when a failing notification is dropped (§3.3: 4 h).
+    pub retry_for: Duration,
+    /// The rolling sim-time window of endpoint health (§3.3: 10 min).
+    pub health_window: Duration,
+    /// Responses needed in the window before the endpoint's state is judged.
+    pub health_min_samples: usize,
+    /// More than this share of responses slower than `first_delivery` → `slow` (§3.3: 10%).
+    pub slow_fraction: f64,
+    /// More than this share slower than `retry` → `drop` (§3.3: 15%).
+    pub drop_fraction: f64,
+    /// How long new notifications wait while the endpoint is `slow` (§3.3: 10 min, sim).
+    pub slow_delay: Duration,
+    /// How long new notifications are dropped while the endpoint is in `drop` (§3.3: 10 min, sim).
+    pub drop_period: Duration,
+    /// Sim-time lifetime of issued access tokens (1 h).
+    pub token_lifetime: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            validation: StdDuration::from_secs(10),
+            first_delivery: StdDuration::from_secs(3),
+            retry: StdDuration::from_secs(10),
+            batch_window: StdDuration::from_millis(50),
+            tick: StdDuration::from_millis(50),
+            max_batch: 100,
+            retry_backoff: (0..8).map(|step| Duration::minutes(1 << step)).collect(),
+            retry_for: Duration::hours(4),
+            health_window: Duration::minutes(10),
+            health_min_samples: 10,
+            slow_fraction: 0.10,
+            drop_fraction: 0.15,
+            slow_delay: Duration::minutes(10),
+            drop_period: Duration::minutes(10),
+            token_lifetime: Duration::hours(1),
+        }
+    }
+}
+
+impl Timing {
+    /// Graph's rules with short real-time deadlines (validation 1 s, first delivery 300 ms,
+    /// retries 1 s, batching 20 ms), so tests of timeouts run in well under a second each.
+    /// Sim-time values are unchanged.
+    pub fn fast() -> Self {
+        Self {
+            validation: StdDuration::from_secs(1),
+            first_delivery: StdDuration::from_millis(300),
+            retry: StdDuration::from_secs(1),
+            batch_window: StdDuration::from_millis(20),
+            tick: StdDuration::from_millis(20),
+            ..Self::default()
+        }
+    }
+}
+
+/// How a simulator behaves.
+#[derive(Debug, Clone, Default)]
+pub struct SimConfig {
+    /// Accept `http://` notification URLs on 127.0.0.1, localhost and [::1] (Graph requires
+    /// HTTPS, §1.2; local runs have no certificate).
+    pub allow_http_loopback: bool,
+    /// The simulated clock. Share a clone with the code under test.
+    pub clock: OffsetClock,
+    pub timing: Timing,
+    /// Live subscriptions allowed per drive; `None` means no limit (§1.5 lists none for driveItem).
+    pub max_subscriptions_per_drive: Option<usize>,
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client for webhooks: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// The whole HTTP app: Graph under `/v1.0`, control under `/_sim`.
+pub fn app(sim: Sim) -> Router {
+    Router::new()
+        .nest(graph::GRAPH_PREFIX, graph::router(sim.clone()))
+        .nest("/_sim", control::router())
+        .with_state(sim)
+}
+
+/// A simulator serving HTTP. Dropping it stops the server and the delivery task abruptly;
+/// [`RunningSim::shutdown`] stops them gracefully.
+#[derive(Debug)]
+pub struct RunningSim {
+    addr: SocketAddr,
+    sim: Sim,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    delivery: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds `listen` (use port 0 for any free port) and starts serving and delivering.
+pub async fn start(config: SimConfig, listen: SocketAddr) -> Result<RunningSim, StartError> {
+    let sim = Sim::new(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: listen, source })?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = app(sim.clone());
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                // A dropped sender also means stop.
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "graph-sim server stopped with an error");
+        }
+    });
+    let delivery = sim.spawn_delivery();
+    tracing::info!(%addr, "graph-sim started");
+    Ok(RunningSim {
+        addr,
+        sim,
+        stop: Some(stop),
+        server: Some(server),
+        delivery: Some(delivery),
+    })
+}
+
+impl RunningSim {
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr/v1.0`, the Graph base URL to give graphfeed.
+    pub fn graph_base_url(&self) -> String {
+        format!("http://{}/v1.0", self.addr)
+    }
+
+    /// `http://addr`, the Entra authority host a later issue serves token endpoints on.
+    pub fn authority_host(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://addr/_sim`, the control API.
+    pub fn control_url(&self) -> String {
+        format!("http://{}/_sim", self.addr)
+    }
+
+    /// A handle for driving the simulator directly.
+    pub fn sim(&self) -> Sim {
+        self.sim.clone()
+    }
+
+    /// Stops delivering, then stops serving after in-flight requests finish (at most 5 s).
+    pub async fn shutdown(mut self) {
+        if let Some(delivery) = self.delivery.take() {
+            delivery.abort();
+            let _ = delivery.await;
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout(StdDuration::from_secs(5), &mut server)
+                .await
+                .is_err()
+        {
+            server.abort();
+        }
+    }
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        for task in [self.delivery.take(), self.server.take()].into_iter().flatten() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! [`Sim`], the cheap-to-clone handle on a running simulator. Tests call it directly; the control
+//! endpoints (`/_sim/...`, [`crate::control`]) are thin wrappers around the same methods, so both
+//! ways of driving the simulator behave identically.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use shared::clock::Clock as _;
+use tokio::sync::Notify;
+
+use crate::SimConfig;
+use crate::delivery::{
+    self, AttemptResult, Batch, DeliveryAttempt, EndpointReport, NotificationKind, Outgoing,
+};
+use crate::drive::{Drive, Item, ItemUpdate, JournalEntry, NewItem};
+use crate::errors::SimError;
+use crate::faults::Fault;
+use crate::identity::{DEFAULT_APP_ID, IssuedToken, Tenant, User};
+use crate::state::{Counters, State};
+use crate::subscriptions::{LifecycleEvent, Subscription};
+
+/// A request to create a user (with its drive and root folder).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// An existing or new tenant; a new random one when absent.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// The app the returned token is for; [`DEFAULT_APP_ID`] when absent.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// A business tenant (OneDrive for Business drive ids, root-only subscriptions). Only
+    /// meaningful for a new tenant; for an existing one it must match or be absent.
+    #[serde(default)]
+    pub business: Option<bool>,
+}
+
+/// What creating a user returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedUser {
+    pub tenant_id: String,
+    pub user_id: String,
+    pub drive_id: String,
+    pub root_id: String,
+    pub app_id: String,
+    pub business: bool,
+    pub access_token: String,
+    pub access_token_expires_at: DateTime<Utc>,
+}
+
+/// The cheap-to-clone handle on a simulator.
+#[derive(Clone)]
+pub struct Sim {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("now", &self.now())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: SimConfig,
+    state: Mutex<State>,
+    wake: Notify,
+    http: reqwest::Client,
+}
+
+fn parse_guid(raw: &str, what: &str) -> Result<String, SimError> {
+    uuid::Uuid::try_parse(raw.trim())
+        .map(|guid| guid.hyphenated().to_string())
+        .map_err(|_| SimError::BadRequest(format!("{what} must be a GUID, got '{raw}'")))
+}
+
+impl Sim {
+    /// A simulator with empty state. Fails only if the HTTP client cannot be built.
+    pub(crate) fn new(config: SimConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            // Graph does not follow redirects on a webhook, and local runs must never be sent
+            // through a proxy from the environment.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent("graph-sim (Microsoft Graph simulator)")
+            .build()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(State::default()),
+                wake: Notify::new(),
+                http,
+            }),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as it was at the panic; carry on with it
+        // rather than poisoning every later call.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    /// Wakes the delivery task: new work, or the clock moved.
+    pub(crate) fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub(crate) async fn woken(&self) {
+        self.inner.wake.notified().await;
+    }
+
+    /// The configuration the simulator runs with.
+    pub fn config(&self) -> &SimConfig {
+        &self.inner.config
+    }
+
+    /// The simulated now.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.config.clock.now()
+    }
+
+    /// Moves the simulated clock forward (every clone of the configured clock moves too) and lets
+    /// the delivery task attempt whatever became due. Returns the new now.
+    pub fn advance(&self, by: Duration) -> DateTime<Utc> {
+        self.inner.config.clock.advance(by);
+        self.wake();
+        self.now()
+    }
+
+    /// Creates a user, its drive and root folder, and a first access token.
+    pub fn create_user(&self, request: NewUser) -> Result<CreatedUser, SimError> {
+        let tenant_id = match &request.tenant_id {
+            Some(raw) => parse_guid(raw, "tenant_id")?,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let app_id = match &request.app_id {
+            Some(raw) => parse_guid(raw, "app_id")?,
+            None => DEFAULT_APP_ID.to_owned(),
+        };
+        let now = self.now();
+        let mut state = self.lock();
+        let business = match state.identity.tenants.get(&tenant_id) {
+            Some(tenant) if request.business.is_some_and(|wanted| wanted != tenant.business) => {
+                return Err(SimError::Conflict(format!(
+                    "tenant {tenant_id} exists and is {}",
+                    if tenant.business {
+                        "a business tenant"
+                    } else {
+                        "a personal tenant"
+                    }
+                )));
+            }
+            Some(tenant) => tenant.business,
+            None => request.business.unwrap_or(false),
+        };
+        state
+            .identity
+            .tenants
+            .entry(tenant_id.clone())
+            .or_insert_with(|| Tenant {
+                id: tenant_id.clone(),
+                business,
+            });
+        let user_id = uuid::Uuid::new_v4().to_string();
+        let drive = Drive::new(&user_id, &tenant_id, business, now);
+        let (drive_id, root_id) = (drive.id.clone(), drive.root_id.clone());
+        state.drives.insert(drive_id.clone(), drive);
+        state.identity.users.insert(
+            user_id.clone(),
+            User {
+                id: user_id.clone(),
+                tenant_id: tenant_id.clone(),
+                display_name: request
+                    .display_name
+                    .clone()
+                    .unwrap_or_else(|| "Simulated User".to_owned()),
+                drive_id: drive_id.clone(),
+                app_id: app_id.clone(),
+            },
+        );
+        let token = state.identity.issue_token(
+            &tenant_id,
+            &user_id,
+            &app_id,
+            now,
+            self.config().timing.token_lifetime,
+        );
+        Ok(CreatedUser {
+            tenant_id,
+            user_id,
+            drive_id,
+            root_id,
+            app_id,
+            business,
+            access_token: token.access_token,
+            access_token_expires_at: token.expires_at,
+        })
+    }
+
+    /// A fresh access token for a user, for `app_id` or the app the user was created with.
+    pub fn issue_token(&self, user_id: &str, app_id: Option<&str>) -> Result<IssuedToken, SimError> {
+        let app_id = app_id.map(|raw| parse_guid(raw, "app_id")).transpose()?;
+        let now = self.now();
+        let lifetime = self.config().timing.token_lifetime;
+        let mut state = self.lock();
+        let user = state
+            .identity
+            .users
+            .get(user_id)
+            .cloned()
+            .ok_or_else(|| SimError::NotFound(format!("user {user_id} not found")))?;
+        let app_id = app_id.unwrap_or(user.app_id);
+        Ok(state
+            .identity
+            .issue_token(&user.tenant_id, &user.id, &app_id, now, lifetime))
+    }
+
+    /// Applies a change to a drive and queues the notifications it causes.
+    fn change(
+        &self,
+        drive_id: &str,
+        apply: impl FnOnce(&mut Drive, DateTime<Utc>) -> Result<crate::drive::Change, SimError>,
+    ) -> Result<Item, SimError> {
+        let now = self.now();
+        let timing = &self.config().timing;
+        let queued = {
+            let mut state = self.lock();
+            let drive = state
+                .drives
+                .get_mut(drive_id)
+                .ok_or_else(|| SimError::NotFound(format!("drive {drive_id} not found")))?;
+            let change = apply(drive, now)?;
+            let queued = state.notify_change(drive_id, &change, now, timing);
+            (change.item, queued)
+        };
+        if queued.1 > 0 {
+            self.wake();
+        }
+        Ok(queued.0)
+    }
+
+    /// Creates a file or folder (under the root when `parent_id` is absent).
+    pub fn create_item(&self, drive_id: &str, item: &NewItem) -> Result<Item, SimError> {
+        self.change(drive_id, |drive, now| drive.create_item(item, now))
+    }
+
+    /// Changes a file's content: new eTag and cTag (and size, when given).
+    pub fn modify_item(&self, drive_id: &str, item_id: &str, size: Option<u64>) -> Result<Item, SimError> {
+        self.change(drive_id, |drive, now| drive.modify_item(item_id, size, now))
+    }
+
+    /// Renames and/or moves an item: a new eTag only.
+    pub fn update_item(&self, drive_id: &str, item_id: &str, update: &ItemUpdate) -> Result<Item, SimError> {
+        self.change(drive_id, |drive, now| drive.update_item(item_id, update, now))
+    }
+
+    /// Deletes an item (and a folder's subtree). Returns the item as deleted.
+    pub fn delete_item(&self, drive_id: &str, item_id: &str) -> Result<Item, SimError> {
+        self.change(drive_id, |drive, now| drive.delete_item(item_id, now))
+    }
+
+    /// An item, deleted or not.
+    pub fn item(&self, drive_id: &str, item_id: &str) -> Result<Item, SimError> {
+        let state = self.lock();
+        let drive = state
+            .drives
+            .get(drive_id)
+            .ok_or_else(|| SimError::NotFound(format!("drive {drive_id} not found")))?;
+        drive
+            .item(item_id)
+            .cloned()
+            .ok_or_else(|| SimError::NotFound(format!("item {item_id} not found")))
+    }
+
+    /// A drive's change journal, oldest first.
+    pub fn journal(&self, drive_id: &str) -> Result<Vec<JournalEntry>, SimError> {
+        let state = self.lock();
+        let drive = state
+            .drives
+            .get(drive_id)
+            .ok_or_else(|| SimError::NotFound(format!("drive {drive_id} not found")))?;
+        Ok(drive.journal().to_vec())
+    }
+
+    /// A live subscription.
+    pub fn subscription(&self, id: &str) -> Option<Subscription> {
+        let now = self.now();
+        let mut state = self.lock();
+        state.purge_expired(now);
+        state.subscriptions.get(id).cloned()
+    }
+
+    /// Every live subscription, oldest first.
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        let now = self.now();
+        let mut state = self.lock();
+        state.purge_expired(now);
+        let mut all: Vec<Subscription> = state.subscriptions.values().cloned().collect();
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        all
+    }
+
+    /// Sends a lifecycle notification to the subscription's lifecycleNotificationUrl (§4).
+    /// `reauthorizationRequired` marks the subscription until it is reauthorized or PATCHed;
+    /// `subscriptionRemoved` removes it.
+    pub fn send_lifecycle(&self, subscription_id: &str, event: LifecycleEvent) -> Result<(), SimError> {
+        let now = self.now();
+        let timing = &self.config().timing;
+        {
+            let mut state = self.lock();
+            state.purge_expired(now);
+            let subscription = state
+                .subscriptions
+                .get_mut(subscription_id)
+                .ok_or_else(|| SimError::NotFound(format!("subscription {subscription_id} not found")))?;
+            let url = subscription.lifecycle_notification_url.clone().ok_or_else(|| {
+                SimError::Conflict(format!(
+                    "subscription {subscription_id} has no lifecycleNotificationUrl"
+                ))
+            })?;
+            match event {
+                LifecycleEvent::ReauthorizationRequired => subscription.needs_reauthorization = true,
+                LifecycleEvent::SubscriptionRemoved | LifecycleEvent::Missed => {}
+            }
+            let payload = subscription.lifecycle_notification(event);
+            if event == LifecycleEvent::SubscriptionRemoved {
+                state.subscriptions.remove(subscription_id);
+            }
+            let state = &mut *state;
+            let outgoing = Outgoing {
+                url,
+                kind: NotificationKind::Lifecycle,
+                subscription_id: subscription_id.to_owned(),
+                payload,
+            };
+            state
+                .deliveries
+                .enqueue(&mut state.counters, timing, now, outgoing);
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Adds a fault rule (see [`Fault`]).
+    pub fn add_fault(&self, fault: Fault) {
+        self.lock().faults.push(fault);
+    }
+
+    /// The fault rules still armed.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.lock().faults.clone()
+    }
+
+    /// Disarms every fault rule.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        self.lock().counters.clone()
+    }
+
+    /// The delivery log, oldest first.
+    pub fn deliveries(&self) -> Vec<DeliveryAttempt> {
+        self.lock().deliveries.log()
+    }
+
+    /// The health of every notification URL seen so far.
+    pub fn endpoints(&self) -> Vec<EndpointReport> {
+        let now = self.now();
+        let timing = &self.config().timing;
+        self.lock().deliveries.endpoints(timing, now)
+    }
+
+    /// Notifications waiting for an attempt or being sent.
+    pub fn outstanding_notifications(&self) -> usize {
+        self.lock().deliveries.outstanding()
+    }
+
+    /// Forgets everything: users, tokens, drives, subscriptions, notifications, faults, counters.
+    /// The clock is not moved back (time never runs backwards).
+    pub fn reset(&self) {
+        let mut state = self.lock();
+        let generation = state.generation + 1;
+        *state = State {
+            generation,
+            ..State::default()
+        };
+    }
+
+    /// Takes the batches that are due now (for the delivery task).
+    pub(crate) fn take_due_batches(&self) -> Vec<Batch> {
+        let now = self.now();
+        let timing = &self.config().timing;
+        let mut state = self.lock();
+        state.purge_expired(now);
+        let state = &mut *state;
+        let subscriptions = &state.subscriptions;
+        state
+            .deliveries
+            .take_due(&mut state.counters, timing, now, state.generation, |id| {
+                subscriptions.contains_key(id)
+            })
+    }
+
+    /// Records a finished attempt; `None` when a reset happened meanwhile.
+    pub(crate) fn finish_batch(&self, batch: Batch, result: &AttemptResult) -> Option<u64> {
+        let now = self.now();
+        let timing = &self.config().timing;
+        let seq = {
+            let mut state = self.lock();
+            if state.generation != batch.generation {
+                return None;
+            }
+            let state = &mut *state;
+            state
+                .deliveries
+                .finish(&mut state.counters, timing, now, batch, result)
+        };
+        // A failure queued a retry; make sure the loop looks again soon.
+        self.wake();
+        Some(seq)
+    }
+
+    pub(crate) fn record_late_answer(&self, seq: u64, status: u16, latency_ms: u64) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state
+            .deliveries
+            .record_late_answer(&mut state.counters, seq, status, latency_ms);
+    }
+
+    /// Starts the delivery task on the current runtime.
+    pub(crate) fn spawn_delivery(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(delivery::run(self.clone()))
+    }
+}

@@ -1,0 +1,117 @@
+//! Everything the simulator remembers, behind one lock: identities, drives, subscriptions, the
+//! delivery outbox and log, faults and counters.
+//!
+//! The lock is a `std::sync::Mutex` held only for short, synchronous sections; no `.await` happens
+//! while it is held (HTTP calls such as the validation handshake run between two sections).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::Timing;
+use crate::delivery::{Deliveries, NotificationKind, Outgoing};
+use crate::drive::{Change, Drive};
+use crate::faults::Fault;
+use crate::identity::Identity;
+use crate::subscriptions::Subscription;
+
+/// What the simulator has counted since start or the last reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Graph calls by `"METHOD /route/template"`, e.g. `"PATCH /v1.0/subscriptions/{id}"`.
+    /// Calls that matched no route count as `"METHOD (unmatched)"`.
+    pub graph_calls: BTreeMap<String, u64>,
+    /// Graph calls answered by an injected fault.
+    pub faults_injected: u64,
+    /// Validation handshakes sent (one per URL per create or PATCH; §2).
+    pub validation_handshakes: u64,
+    /// Handshakes that failed.
+    pub validation_failures: u64,
+    /// Notifications created (change and lifecycle), including those dropped at once.
+    pub notifications_enqueued: u64,
+    /// Notifications acknowledged with a 2xx within the deadline.
+    pub notifications_delivered: u64,
+    /// Notification sends after the first (each retry of each notification).
+    pub notifications_retried: u64,
+    /// Sends of a notification whose previous attempt timed out, so the endpoint may have it twice.
+    pub notifications_duplicated: u64,
+    /// All notifications that will never be delivered (the sum of the three below).
+    pub notifications_dropped: u64,
+    /// Still failing after 4 sim hours of retries (§3.3).
+    pub notifications_dropped_after_retries: u64,
+    /// Arose while their endpoint was in the `drop` state (§3.3: "can't be recovered").
+    pub notifications_dropped_throttled: u64,
+    /// Their subscription expired or was deleted before they could be sent.
+    pub notifications_dropped_subscription_gone: u64,
+    /// POSTs to notification URLs.
+    pub delivery_attempts: u64,
+    /// POSTs that did not deliver (non-2xx, timeout, connection failure).
+    pub delivery_failures: u64,
+    /// Timed-out POSTs whose answer came later.
+    pub late_answers: u64,
+}
+
+/// The simulator's whole state.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// Bumped by a reset, so attempts in flight across it are ignored when they finish.
+    pub generation: u64,
+    pub identity: Identity,
+    pub drives: HashMap<String, Drive>,
+    pub subscriptions: HashMap<String, Subscription>,
+    pub deliveries: Deliveries,
+    pub faults: Vec<Fault>,
+    pub counters: Counters,
+}
+
+impl State {
+    /// Forgets subscriptions whose expiry the clock has passed: Graph deletes them (§1.6), and from
+    /// then on they are 404 and get no notifications.
+    pub fn purge_expired(&mut self, now: DateTime<Utc>) {
+        self.subscriptions
+            .retain(|_, subscription| subscription.is_alive(now));
+    }
+
+    /// Queues one change notification for every live subscription whose folder covers an item the
+    /// change touched (a root subscription covers the whole drive, a folder one its subtree;
+    /// graph-protocol.md §1.4). Returns how many were queued.
+    pub fn notify_change(
+        &mut self,
+        drive_id: &str,
+        change: &Change,
+        now: DateTime<Utc>,
+        timing: &Timing,
+    ) -> usize {
+        self.purge_expired(now);
+        let Some(drive) = self.drives.get(drive_id) else {
+            return 0;
+        };
+        let mut covering: Vec<&Subscription> = self
+            .subscriptions
+            .values()
+            .filter(|subscription| {
+                subscription.target.drive_id == drive_id
+                    && change
+                        .touched
+                        .iter()
+                        .any(|item| drive.is_within(item, &subscription.target.item_id))
+            })
+            .collect();
+        covering.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let notifications: Vec<Outgoing> = covering
+            .into_iter()
+            .map(|subscription| Outgoing {
+                url: subscription.notification_url.clone(),
+                kind: NotificationKind::Change,
+                subscription_id: subscription.id.clone(),
+                payload: subscription.change_notification(),
+            })
+            .collect();
+        let queued = notifications.len();
+        for outgoing in notifications {
+            self.deliveries.enqueue(&mut self.counters, timing, now, outgoing);
+        }
+        queued
+    }
+}

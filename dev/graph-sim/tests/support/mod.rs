@@ -1,0 +1,320 @@
+//! Test helpers: a fresh simulator per test, a Graph client, and a tiny webhook receiver whose
+//! behaviour (validation answers, notification replies) each test scripts.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use graph_sim::{CreatedUser, NewUser, RunningSim, SimConfig, Timing};
+use serde_json::{Value, json};
+
+/// Quiet unless TEST_LOG is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("debug")
+            .try_init();
+    }
+}
+
+/// A simulator with short real-time deadlines and loopback HTTP allowed.
+pub async fn start_sim() -> RunningSim {
+    start_sim_with(|_| {}).await
+}
+
+pub async fn start_sim_with(adjust: impl FnOnce(&mut SimConfig)) -> RunningSim {
+    init_logs();
+    let mut config = SimConfig {
+        allow_http_loopback: true,
+        timing: Timing::fast(),
+        ..SimConfig::default()
+    };
+    adjust(&mut config);
+    graph_sim::start(config, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim starts")
+}
+
+pub fn new_user(running: &RunningSim) -> CreatedUser {
+    running.sim().create_user(NewUser::default()).expect("user")
+}
+
+/// A Graph client bound to one simulator and one token.
+#[derive(Clone)]
+pub struct Graph {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Graph {
+    pub fn new(running: &RunningSim, token: &str) -> Self {
+        Self {
+            base: running.graph_base_url(),
+            token: token.to_owned(),
+            http: reqwest::Client::builder().no_proxy().build().expect("client"),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("graph answers");
+        let status = StatusCode::from_u16(response.status().as_u16()).expect("status");
+        let text = response.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("json body")
+        };
+        (status, value)
+    }
+
+    pub async fn create(&self, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, "/subscriptions", Some(body))
+            .await
+    }
+}
+
+/// A valid creation body for `resource` delivering to `url`, expiring in `minutes`.
+pub fn subscription_body(running: &RunningSim, resource: &str, url: &str, minutes: i64) -> Value {
+    let expiration = running.sim().now() + chrono::Duration::minutes(minutes);
+    json!({
+        "changeType": "updated",
+        "notificationUrl": url,
+        "resource": resource,
+        "expirationDateTime": expiration.to_rfc3339(),
+        "clientState": "client-state-secret",
+    })
+}
+
+pub fn error_of(body: &Value) -> (String, String) {
+    (
+        body["error"]["code"].as_str().unwrap_or_default().to_owned(),
+        body["error"]["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// How the receiver answers a validation handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation {
+    /// 200 with the decoded token: the correct answer.
+    Echo,
+    /// 200 with the token still form-encoded.
+    EchoEncoded,
+    /// This status with the decoded token.
+    Status(u16),
+    /// Wait this long, then echo.
+    Sleep(Duration),
+}
+
+/// How the receiver answers a notification POST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub const ACCEPTED: Reply = Reply {
+        status: 202,
+        delay: Duration::ZERO,
+    };
+
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn slow(delay: Duration) -> Self {
+        Self { status: 202, delay }
+    }
+}
+
+/// What a handshake looked like on the wire.
+#[derive(Debug, Clone)]
+pub struct SeenValidation {
+    pub path: String,
+    pub raw_query: String,
+    pub token: String,
+    pub content_type: String,
+    pub accept: String,
+    pub body_len: usize,
+}
+
+#[derive(Debug)]
+struct ReceiverState {
+    validation: Validation,
+    scripted: VecDeque<Reply>,
+    default_reply: Reply,
+    validations: Vec<SeenValidation>,
+    /// Every notification POST body, recorded on arrival (so a late answer still counts).
+    posts: Vec<Value>,
+}
+
+/// A webhook endpoint on 127.0.0.1.
+#[derive(Clone)]
+pub struct Receiver {
+    pub base: String,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(ReceiverState {
+            validation: Validation::Echo,
+            scripted: VecDeque::new(),
+            default_reply: Reply::ACCEPTED,
+            validations: Vec::new(),
+            posts: Vec::new(),
+        }));
+        let app = axum::Router::new().fallback(receive).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { base, state }
+    }
+
+    /// A URL on this receiver.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut ReceiverState) -> T) -> T {
+        f(&mut self.state.lock().expect("receiver lock"))
+    }
+
+    pub fn set_validation(&self, validation: Validation) {
+        self.with(|s| s.validation = validation);
+    }
+
+    /// The reply for every notification not covered by a script.
+    pub fn set_reply(&self, reply: Reply) {
+        self.with(|s| s.default_reply = reply);
+    }
+
+    /// Replies for the next notification POSTs, in order.
+    pub fn script(&self, replies: &[Reply]) {
+        self.with(|s| s.scripted.extend(replies.iter().copied()));
+    }
+
+    pub fn validations(&self) -> Vec<SeenValidation> {
+        self.with(|s| s.validations.clone())
+    }
+
+    pub fn posts(&self) -> Vec<Value> {
+        self.with(|s| s.posts.clone())
+    }
+
+    /// Every notification received, across all POSTs.
+    pub fn notifications(&self) -> Vec<Value> {
+        self.posts()
+            .iter()
+            .flat_map(|post| post["value"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until at least `count` notifications have arrived (or panics after 10 s).
+    pub async fn wait_for_notifications(&self, count: usize) -> Vec<Value> {
+        for _ in 0..500 {
+            let seen = self.notifications();
+            if seen.len() >= count {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("expected {count} notifications, got {:?}", self.notifications());
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<ReceiverState>>>,
+    uri: axum::http::Uri,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if let Some((_, token)) = query.iter().find(|(name, _)| name == "validationToken") {
+        let raw_query = uri.query().unwrap_or_default().to_owned();
+        let validation = {
+            let mut state = state.lock().expect("receiver lock");
+            state.validations.push(SeenValidation {
+                path: uri.path().to_owned(),
+                raw_query: raw_query.clone(),
+                token: token.clone(),
+                content_type: header("content-type"),
+                accept: header("accept"),
+                body_len: body.len(),
+            });
+            state.validation
+        };
+        let encoded = raw_query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("validationToken="))
+            .unwrap_or_default()
+            .to_owned();
+        return match validation {
+            Validation::Echo => (StatusCode::OK, token.clone()).into_response(),
+            Validation::EchoEncoded => (StatusCode::OK, encoded).into_response(),
+            Validation::Status(status) => {
+                (StatusCode::from_u16(status).expect("status"), token.clone()).into_response()
+            }
+            Validation::Sleep(delay) => {
+                tokio::time::sleep(delay).await;
+                (StatusCode::OK, token.clone()).into_response()
+            }
+        };
+    }
+    let reply = {
+        let mut state = state.lock().expect("receiver lock");
+        state
+            .posts
+            .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+        let default_reply = state.default_reply;
+        state.scripted.pop_front().unwrap_or(default_reply)
+    };
+    tokio::time::sleep(reply.delay).await;
+    StatusCode::from_u16(reply.status)
+        .expect("status")
+        .into_response()
+}
+
+/// Polls `check` every 20 ms for up to 10 s.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
