@@ -72,7 +72,10 @@ pub fn moto_endpoint() -> &'static str {
         let script = format!(
             "'{bin}' -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; while kill -0 $PPID 2>/dev/null; do sleep 1; done; kill $m"
         );
-        std::process::Command::new("sh").args(["-c", &script]).spawn().expect("spawning moto");
+        // Never waited on by design: the watchdog outlives no one (it exits right after this
+        // process), and a zombie of a process that is exiting costs nothing.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = std::process::Command::new("sh").args(["-c", &script]).spawn().expect("spawning moto");
         wait_for(SocketAddr::from(([127, 0, 0, 1], port)));
         format!("http://127.0.0.1:{port}")
     })

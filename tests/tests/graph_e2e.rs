@@ -3,6 +3,8 @@
 //! notification in Graph's shape, and it ends up on the notifications queue, also when SQS was
 //! down at first and Graph had to redeliver.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::time::Duration;
 
 use chrono::Utc;

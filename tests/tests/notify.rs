@@ -1,6 +1,8 @@
 //! notify's numbered behaviours, over HTTP through the local stack, against moto, with every
 //! enqueued message read back from SQS.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -212,7 +214,12 @@ async fn a_key_rotated_into_secrets_manager_is_picked_up_by_a_running_notify_wit
     })
     .await;
     let rotated = format!(r#"{{"active":"k2","retired":["k1"],"k1":"{k1}","k2":"{k2}"}}"#);
-    let arn = stack.running.stack.reference("ClientStateKeysSecret").unwrap().to_owned();
+    let arn = stack
+        .running
+        .stack
+        .reference("ClientStateKeysSecret")
+        .unwrap()
+        .to_owned();
     aws_sdk_secretsmanager::Client::new(&stack.aws)
         .put_secret_value()
         .secret_id(&arn)
@@ -241,7 +248,8 @@ async fn a_key_rotated_into_secrets_manager_is_picked_up_by_a_running_notify_wit
     assert_eq!(got[0].envelope.drive_key, drive);
 
     // The retired key still verifies: its subscriptions keep working until renew replaces them.
-    let old = shared::client_state::KeyRing::from_secret_json(&format!(r#"{{"active":"k1","k1":"{k1}"}}"#)).unwrap();
+    let old = shared::client_state::KeyRing::from_secret_json(&format!(r#"{{"active":"k1","k1":"{k1}"}}"#))
+        .unwrap();
     assert_eq!(post(&stack, "/notifications", under(&old)).await.status(), 202);
     assert_eq!(stack.drain().await.len(), 1);
 }

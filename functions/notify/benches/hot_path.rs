@@ -14,7 +14,10 @@ use shared::ids::{DriveKey, TenantId};
 use shared::intake::decide;
 use shared::queue::{EntryFailure, NotificationQueue, OutgoingMessage, QueueError};
 
-const TENANTS: [&str; 2] = ["7a1d2b8e-3f4c-4e5a-9b6c-1d2e3f4a5b6c", "0c9b8a7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d"];
+const TENANTS: [&str; 2] = [
+    "7a1d2b8e-3f4c-4e5a-9b6c-1d2e3f4a5b6c",
+    "0c9b8a7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d",
+];
 
 /// Ten notifications across four drives and two tenants, in Graph's real shape.
 fn ten_notification_post(ring: &KeyRing) -> Vec<u8> {
@@ -36,7 +39,10 @@ fn ten_notification_post(ring: &KeyRing) -> Vec<u8> {
 struct AcceptingQueue;
 
 impl NotificationQueue for AcceptingQueue {
-    fn send_batch<'a>(&'a self, _: &'a [OutgoingMessage]) -> BoxFuture<'a, Result<Vec<EntryFailure>, QueueError>> {
+    fn send_batch<'a>(
+        &'a self,
+        _: &'a [OutgoingMessage],
+    ) -> BoxFuture<'a, Result<Vec<EntryFailure>, QueueError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 }
@@ -53,22 +59,31 @@ fn hot_path(c: &mut Criterion) {
         })
     });
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let clock: SharedClock = shared::clock::system();
-    let keys = Arc::new(KeyStore::fixed(KeyRing::single(DEV_CLIENT_STATE_KEY_HEX).expect("dev key"), clock.clone()));
+    let keys = Arc::new(KeyStore::fixed(
+        KeyRing::single(DEV_CLIENT_STATE_KEY_HEX).expect("dev key"),
+        clock.clone(),
+    ));
     let notify = notify::Notify::new(Arc::new(AcceptingQueue), keys, clock);
     let text = String::from_utf8(body).expect("utf-8");
-    c.bench_function("handler: 10-notification POST to 202 (queue accepts instantly)", |b| {
-        b.iter(|| {
-            let request = lambda_http::http::Request::builder()
-                .method("POST")
-                .uri("https://example.execute-api.eu-west-1.amazonaws.com/notifications")
-                .body(lambda_http::Body::Text(text.clone()))
-                .expect("request");
-            let response = runtime.block_on(notify.handle(request));
-            assert_eq!(response.status(), 202);
-        })
-    });
+    c.bench_function(
+        "handler: 10-notification POST to 202 (queue accepts instantly)",
+        |b| {
+            b.iter(|| {
+                let request = lambda_http::http::Request::builder()
+                    .method("POST")
+                    .uri("https://example.execute-api.eu-west-1.amazonaws.com/notifications")
+                    .body(lambda_http::Body::Text(text.clone()))
+                    .expect("request");
+                let response = runtime.block_on(notify.handle(request));
+                assert_eq!(response.status(), 202);
+            })
+        },
+    );
 }
 
 criterion_group!(benches, hot_path);
