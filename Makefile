@@ -65,3 +65,7 @@ fmt: ## Format the code
 clean: ## Remove build output and the venv
 	$(CARGO) clean
 	rm -rf $(VENV) .aws-sam
+
+.PHONY: load
+load: venv ## Load run of notify through the local stack with wrk (see dev/load/run.sh)
+	dev/load/run.sh
