@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 PORT=${LOAD_PORT:-3300}
 DURATION=${LOAD_DURATION:-15s}
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install -y wrk" >&2; exit 1; }
-cargo build --release -p local-stack >&2
+[ -n "${LOAD_SKIP_BUILD:-}" ] || cargo build --release -p local-stack >&2
 tmp=$(mktemp -d)
 python3 dev/load/make_body.py > "$tmp/notifications.json"
 

@@ -18,10 +18,11 @@
 //! - Comparison is constant-time ([`subtle`]).
 //!
 //! Keys form a [`KeyRing`]: key id → key, one active id for minting, any number of others that
-//! still verify. Rotation: add the new key (inactive) to the secret; once every running function
-//! has it (a cold start, or the one-a-minute refetch that an unknown key id triggers), make it
-//! active; list the old id under `retired` (renew replaces its subscriptions); remove it only
-//! when no subscription made with it is left. See `docs/client-state.md`.
+//! still verify. Rotation: add the new key (inactive) to the secret; wait over a minute (a
+//! container refetches when it meets an unknown key id, at most once a minute, and answers 503
+//! meanwhile so Graph redelivers); make it active; list the old id under `retired` (renew replaces its subscriptions); remove it only
+//! when no subscription made with it is left. The README's "clientState" section is the
+//! operator's version of this.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -318,23 +319,24 @@ impl KeyStore {
         self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Refetches the ring if the last fetch was at least [`REFETCH_INTERVAL`] ago. Returns whether
-    /// a new ring was installed. A failed refetch keeps the old ring (and is reported).
-    pub async fn refresh_if_allowed(&self) -> Result<bool, KeyStoreError> {
+    /// Refetches the ring if the last attempt was at least [`REFETCH_INTERVAL`] ago (a failed
+    /// attempt counts, so forged key ids cannot turn into a stream of Secrets Manager calls).
+    /// A failed refetch keeps the old ring and is reported.
+    pub async fn refresh_if_allowed(&self) -> Result<Refresh, KeyStoreError> {
         let Some(source) = &self.source else {
-            return Ok(false);
+            return Ok(Refresh::NotRefreshable);
         };
         {
             let mut last = self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
             let now = self.clock.now();
             if now - *last < REFETCH_INTERVAL {
-                return Ok(false);
+                return Ok(Refresh::NotYet);
             }
             *last = now;
         }
         let ring = fetch_ring(source.as_ref()).await?;
         *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
-        Ok(true)
+        Ok(Refresh::Refreshed)
     }
 }
 
@@ -348,7 +350,7 @@ impl KeyStore {
     ) -> Result<Self, KeyStoreError> {
         match keys {
             crate::config::ClientStateKeys::SecretArn(arn) => {
-                let client = aws_sdk_secretsmanager::Client::new(aws);
+                let client = secrets_client(aws);
                 let source = Arc::new(crate::secrets::SecretsManagerSecret::new(client, arn.clone()));
                 Self::load(source, clock).await
             }
@@ -359,6 +361,17 @@ impl KeyStore {
     }
 }
 
+/// What a refetch request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// A fresh ring is installed.
+    Refreshed,
+    /// The last attempt was less than [`REFETCH_INTERVAL`] ago.
+    NotYet,
+    /// The ring comes from fixed configuration; there is nothing to refetch.
+    NotRefreshable,
+}
+
 /// Why the key ring could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStoreError {
@@ -366,6 +379,28 @@ pub enum KeyStoreError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     Ring(#[from] KeyRingError),
+}
+
+/// A Secrets Manager client that answers inside notify's budget: a key fetch happens on a cold
+/// start and on an unknown key id, both inside a request Graph gives 3 s.
+fn secrets_client(aws: &aws_config::SdkConfig) -> aws_sdk_secretsmanager::Client {
+    use aws_sdk_secretsmanager::config::retry::RetryConfig;
+    use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
+    let config = aws_sdk_secretsmanager::config::Builder::from(aws)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(2)
+                .with_initial_backoff(std::time::Duration::from_millis(50)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_millis(500))
+                .operation_attempt_timeout(std::time::Duration::from_millis(600))
+                .operation_timeout(std::time::Duration::from_millis(1200))
+                .build(),
+        )
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
 }
 
 async fn fetch_ring(source: &dyn SecretSource) -> Result<KeyRing, KeyStoreError> {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::client_state::{KeyRing, KeyStore, Rejection};
+use crate::client_state::{KeyRing, KeyStore, Refresh, Rejection};
 use crate::envelope::{Envelope, Kind, SubscriptionRef};
 use crate::ids::{DriveKey, TenantId};
 use crate::notification::{CollectionError, LifecycleEvent, parse_collection};
@@ -31,6 +31,11 @@ pub struct Decision {
     pub rejected_malformed: usize,
     /// Notifications naming a key id this ring does not hold (also counted as rejected).
     unknown_key: usize,
+    /// Of those, notifications that could not be judged against a fresh ring (the refetch was
+    /// not allowed yet, failed, or took too long). They may be genuine, under a key rotated in
+    /// after this container last read the secret: the caller must answer 5xx so Graph
+    /// redelivers them once a refetch is possible.
+    pub unverifiable: usize,
 }
 
 type GroupKey = (DriveKey, TenantId, Kind, Option<LifecycleEvent>);
@@ -89,23 +94,40 @@ pub fn decide(body: &[u8], received_at: DateTime<Utc>, ring: &KeyRing) -> Result
     Ok(decision)
 }
 
-/// [`decide`] with the key store's current ring; when a notification names a key id the ring
-/// does not hold, the ring is refetched once (at most once a minute per container) and the POST
-/// judged again, so a key rotated in after this container started is honoured.
+/// How long a request may wait for a refetch of the key secret.
+pub const REFETCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// [`decide`] with the key store's current ring. When a notification names a key id the ring
+/// does not hold, the ring is refetched (at most once a minute per container) and the POST judged
+/// again, so a key rotated in after this container started is honoured. When no refetch was
+/// possible, such notifications are counted in [`Decision::unverifiable`].
 pub async fn decide_with_refresh(
     body: &[u8],
     received_at: DateTime<Utc>,
     keys: &KeyStore,
 ) -> Result<Decision, CollectionError> {
-    let decision = decide(body, received_at, &keys.ring())?;
+    let mut decision = decide(body, received_at, &keys.ring())?;
     if decision.unknown_key == 0 {
         return Ok(decision);
     }
-    match keys.refresh_if_allowed().await {
-        Ok(true) => decide(body, received_at, &keys.ring()),
-        Ok(false) => Ok(decision),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not refetch the clientState keys; judging with the ones held");
+    match tokio::time::timeout(REFETCH_BUDGET, keys.refresh_if_allowed()).await {
+        Ok(Ok(Refresh::Refreshed)) => decide(body, received_at, &keys.ring()),
+        Ok(Ok(Refresh::NotRefreshable)) => Ok(decision),
+        Ok(Ok(Refresh::NotYet)) => {
+            decision.unverifiable = decision.unknown_key;
+            Ok(decision)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not refetch the clientState keys; asking Graph to redeliver");
+            decision.unverifiable = decision.unknown_key;
+            Ok(decision)
+        }
+        Err(_) => {
+            tracing::warn!(
+                budget_ms = REFETCH_BUDGET.as_millis() as u64,
+                "the clientState key refetch took too long"
+            );
+            decision.unverifiable = decision.unknown_key;
             Ok(decision)
         }
     }

@@ -89,11 +89,34 @@ pub enum Invalid {
     LifecycleEvent,
 }
 
-/// Why a whole POST body was refused.
-#[derive(Debug, thiserror::Error)]
+/// Why a whole POST body was refused. It says where, never what: serde's own messages quote
+/// the input, and a notification body must never reach a log or a response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CollectionError {
-    #[error("the body is not a change-notification collection: {0}")]
-    Malformed(#[from] serde_json::Error),
+    #[error(
+        "the body is not a change-notification collection ({kind} error at line {line}, column {column})"
+    )]
+    Malformed {
+        kind: &'static str,
+        line: usize,
+        column: usize,
+    },
+}
+
+impl From<serde_json::Error> for CollectionError {
+    fn from(e: serde_json::Error) -> Self {
+        let kind = match e.classify() {
+            serde_json::error::Category::Io => "read",
+            serde_json::error::Category::Syntax => "syntax",
+            serde_json::error::Category::Data => "shape",
+            serde_json::error::Category::Eof => "truncated-input",
+        };
+        Self::Malformed {
+            kind,
+            line: e.line(),
+            column: e.column(),
+        }
+    }
 }
 
 /// Parses a notification collection; each entry is either usable or the reason it is not.
@@ -199,6 +222,21 @@ mod tests {
             ]
         );
         assert!(parsed[4].is_ok());
+    }
+
+    #[test]
+    fn a_malformed_body_is_described_without_quoting_it() {
+        let err = parse_collection(br#"{"value":"v1.local.SECRET-CLIENT-STATE"}"#).unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("SECRET"), "{text}");
+        assert_eq!(
+            err,
+            CollectionError::Malformed {
+                kind: "shape",
+                line: 1,
+                column: 39
+            }
+        );
     }
 
     #[test]

@@ -101,18 +101,41 @@ async fn send_with_one_retry(
     let failures = match queue.send_batch(batch).await {
         Ok(f) => f,
         // A failed call may still have enqueued some entries; resending with the same ids is safe.
-        Err(_) => return queue.send_batch(batch).await,
+        Err(_) => return queue.send_batch(batch).await.map(|f| in_range(f, batch.len())),
     };
-    let retryable: Vec<OutgoingMessage> = failures
-        .iter()
-        .filter(|f| !f.sender_fault)
-        .filter_map(|f| batch.get(f.index).cloned())
-        .collect();
-    let mut final_failures: Vec<EntryFailure> = failures.into_iter().filter(|f| f.sender_fault).collect();
+    let failures = in_range(failures, batch.len());
+    // Entries SQS may accept on a second try, with their indexes in `batch`.
+    let (retryable, mut final_failures): (Vec<EntryFailure>, Vec<EntryFailure>) = failures
+        .into_iter()
+        .partition(|f| !f.sender_fault && f.index < batch.len());
     if !retryable.is_empty() {
-        final_failures.extend(queue.send_batch(&retryable).await?);
+        let again: Vec<OutgoingMessage> = retryable.iter().map(|f| batch[f.index].clone()).collect();
+        for mut f in in_range(queue.send_batch(&again).await?, again.len()) {
+            // Map the retry's index back to the entry's index in `batch`.
+            f.index = retryable.get(f.index).map_or(usize::MAX, |r| r.index);
+            final_failures.push(f);
+        }
     }
     Ok(final_failures)
+}
+
+/// A failure naming an entry that was not sent (an id we cannot map) still counts as a failure:
+/// the caller must not acknowledge what it cannot prove was accepted.
+fn in_range(failures: Vec<EntryFailure>, len: usize) -> Vec<EntryFailure> {
+    failures
+        .into_iter()
+        .map(|f| {
+            if f.index < len {
+                f
+            } else {
+                EntryFailure {
+                    index: usize::MAX,
+                    sender_fault: true,
+                    ..f
+                }
+            }
+        })
+        .collect()
 }
 
 fn batches(messages: &[OutgoingMessage]) -> Vec<&[OutgoingMessage]> {
@@ -252,6 +275,105 @@ mod tests {
         assert_eq!(calls[1], vec![messages[0].dedup_id.clone()]);
     }
 
+    /// Answers each call with the next scripted list of failures (empty once the script ends).
+    struct ScriptedQueue {
+        script: Mutex<Vec<Vec<EntryFailure>>>,
+        sent: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl ScriptedQueue {
+        fn new(mut script: Vec<Vec<EntryFailure>>) -> Self {
+            script.reverse();
+            Self {
+                script: Mutex::new(script),
+                sent: Mutex::default(),
+            }
+        }
+    }
+
+    impl NotificationQueue for ScriptedQueue {
+        fn send_batch<'a>(
+            &'a self,
+            batch: &'a [OutgoingMessage],
+        ) -> BoxFuture<'a, Result<Vec<EntryFailure>, QueueError>> {
+            self.sent
+                .lock()
+                .unwrap()
+                .push(batch.iter().map(|m| m.dedup_id.clone()).collect());
+            let next = self.script.lock().unwrap().pop().unwrap_or_default();
+            Box::pin(async move { Ok(next) })
+        }
+    }
+
+    fn failure(index: usize, sender_fault: bool) -> EntryFailure {
+        EntryFailure {
+            index,
+            code: "InternalError".into(),
+            sender_fault,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_refused_twice_fails_the_whole_send_and_only_it_is_retried() {
+        let messages = vec![message(1), message(1), message(1)];
+        let queue = ScriptedQueue::new(vec![vec![failure(2, false)], vec![failure(0, false)]]);
+        let err = send_all(&queue, &messages).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QueueError::Refused {
+                    refused: 1,
+                    total: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(queue.sent.lock().unwrap()[1], vec![messages[2].dedup_id.clone()]);
+    }
+
+    #[tokio::test]
+    async fn a_retry_reports_failures_by_their_index_in_the_original_batch() {
+        let messages = vec![message(1), message(1), message(1)];
+        let queue = ScriptedQueue::new(vec![
+            vec![failure(1, false), failure(2, false)],
+            vec![failure(1, false)],
+        ]);
+        let failures = send_with_one_retry(&queue, &messages).await.unwrap();
+        assert_eq!(failures.iter().map(|f| f.index).collect::<Vec<_>>(), [2]);
+    }
+
+    #[tokio::test]
+    async fn a_failure_naming_an_unknown_entry_is_never_taken_for_success() {
+        let queue = ScriptedQueue::new(vec![vec![failure(usize::MAX, false)]]);
+        assert!(send_all(&queue, &[message(1)]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_sender_fault_is_not_retried_and_fails_the_send() {
+        let queue = ScriptedQueue::new(vec![vec![failure(0, true)]]);
+        assert!(send_all(&queue, &[message(1), message(1)]).await.is_err());
+        assert_eq!(queue.sent.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_refused_entry_of_many_is_a_failure_even_when_the_rest_were_accepted() {
+        let messages: Vec<_> = (0..12).map(|_| message(1)).collect();
+        let queue = ScriptedQueue::new(vec![vec![], vec![failure(1, false)], vec![failure(0, false)]]);
+        let err = send_all(&queue, &messages).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QueueError::Refused {
+                    refused: 1,
+                    total: 12,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
     struct RefusingQueue;
 
     impl NotificationQueue for RefusingQueue {
@@ -271,7 +393,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_partial_acceptance_is_reported_as_failure() {
+    async fn a_batch_refused_entirely_is_reported_as_failure() {
         let err = send_all(&RefusingQueue, &[message(1), message(1), message(1)])
             .await
             .unwrap_err();

@@ -236,8 +236,9 @@ async fn a_key_rotated_into_secrets_manager_is_picked_up_by_a_running_notify_wit
         collection(vec![n])
     };
 
-    // Right after start the key secret was just read: no refetch yet, so k2 is unknown.
-    assert_eq!(post(&stack, "/notifications", under(&ring)).await.status(), 202);
+    // Right after start the key secret was just read: no refetch yet, so k2 is unknown and
+    // notify asks Graph to redeliver rather than dropping a possibly genuine notification.
+    assert_eq!(post(&stack, "/notifications", under(&ring)).await.status(), 503);
     assert!(stack.drain().await.is_empty());
 
     // A minute later an unknown key id triggers one refetch, and the notification is genuine.
@@ -252,4 +253,19 @@ async fn a_key_rotated_into_secrets_manager_is_picked_up_by_a_running_notify_wit
         .unwrap();
     assert_eq!(post(&stack, "/notifications", under(&old)).await.status(), 202);
     assert_eq!(stack.drain().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_post_for_25_drives_becomes_25_messages_over_several_batch_calls() {
+    let stack = TestStack::start().await;
+    let drives: Vec<DriveKey> = (0..25).map(|_| DriveKey::random()).collect();
+    let body = collection(drives.iter().map(|d| change(T1, *d, "s")).collect());
+    assert_eq!(post(&stack, "/notifications", body).await.status(), 202);
+    let got = stack.wait_for_messages(25, Duration::from_secs(10)).await;
+    let groups: HashSet<_> = got.iter().map(|r| r.group_id.clone()).collect();
+    assert_eq!(got.len(), 25);
+    assert_eq!(
+        groups,
+        drives.iter().map(|d| d.to_string()).collect::<HashSet<_>>()
+    );
 }

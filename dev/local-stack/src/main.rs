@@ -77,11 +77,10 @@ async fn main() -> Result<()> {
                         args.moto_server.display()
                     )
                 })?;
-            moto = Some(child);
+            let mut child = child;
             let endpoint = format!("http://127.0.0.1:{}", args.moto_port);
-            wait_for_port(SocketAddr::from(([127, 0, 0, 1], args.moto_port)))
-                .await
-                .context("waiting for moto")?;
+            wait_for_moto(&mut child, SocketAddr::from(([127, 0, 0, 1], args.moto_port))).await?;
+            moto = Some(child);
             endpoint
         }
     };
@@ -190,14 +189,28 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_port(addr: SocketAddr) -> Result<()> {
+/// Waits until the moto we started listens. If it exits first (typically: the port is taken by
+/// another process), fails instead of silently using whatever holds the port.
+async fn wait_for_moto(child: &mut tokio::process::Child, addr: SocketAddr) -> Result<()> {
     for _ in 0..150 {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "moto exited ({status}) before listening on {addr}: is the port taken? Set MOTO_PORT, or AWS_ENDPOINT_URL to use a running moto"
+            );
+        }
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            // Connected: but to ours? A moto that lost the race for the port exits promptly.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "moto exited ({status}): {addr} is taken by another process. Set MOTO_PORT, or AWS_ENDPOINT_URL to use it"
+                );
+            }
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("nothing listens on {addr} after 15 s")
+    bail!("moto does not listen on {addr} after 15 s")
 }
 
 async fn shutdown_signal() {

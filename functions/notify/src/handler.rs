@@ -111,6 +111,19 @@ impl Notify {
             messages = decision.messages.len(),
             "notifications judged"
         );
+        if decision.unverifiable > 0 && enqueued.is_ok() {
+            // Possibly genuine, under a key rotated in after this container read the secret:
+            // Graph redelivers, by then the container may refetch (at most once a minute).
+            tracing::warn!(
+                unverifiable = decision.unverifiable,
+                "notifications under an unknown key id; asking Graph to redeliver"
+            );
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "keyRefreshPending",
+                "Some notifications could not be verified yet; retry later.",
+            );
+        }
         match enqueued {
             Ok(()) => empty(StatusCode::ACCEPTED),
             Err(e) => {
@@ -325,6 +338,97 @@ mod tests {
             !body_text(&r).contains("SQS is down"),
             "internal errors stay in the logs"
         );
+    }
+
+    /// Accepts every entry but the first of each call (on the first try and on the retry).
+    struct RefusesFirstEntry;
+
+    impl NotificationQueue for RefusesFirstEntry {
+        fn send_batch<'a>(
+            &'a self,
+            _: &'a [OutgoingMessage],
+        ) -> BoxFuture<'a, Result<Vec<EntryFailure>, QueueError>> {
+            Box::pin(async {
+                Ok(vec![EntryFailure {
+                    index: 0,
+                    code: "InternalError".into(),
+                    sender_fault: false,
+                }])
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn when_sqs_accepts_only_part_of_a_batch_the_answer_is_503() {
+        let clock: SharedClock = Arc::new(OffsetClock::new());
+        let keys = KeyStore::fixed(KeyRing::single(DEV_CLIENT_STATE_KEY_HEX).unwrap(), clock.clone());
+        let notify = Notify::new(Arc::new(RefusesFirstEntry), Arc::new(keys), clock);
+        let r = notify.handle(event(NOTIFICATIONS)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn a_notification_under_a_key_not_yet_fetched_gets_503_so_graph_redelivers() {
+        let clock = OffsetClock::new();
+        let source = Arc::new(shared::secrets::StaticSecret::new(format!(
+            r#"{{"active":"k1","k1":"{}"}}"#,
+            "1".repeat(64)
+        )));
+        let keys = KeyStore::load(source, Arc::new(clock.clone())).await.unwrap();
+        let queue = Arc::new(RecordingQueue::default());
+        let notify = Notify::new(queue.clone(), Arc::new(keys), Arc::new(clock));
+        // The samples are signed under key id "local", which this container has not fetched, and
+        // it fetched the secret less than a minute ago.
+        let r = notify.handle(event(NOTIFICATIONS)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(queue.sent.lock().unwrap().is_empty());
+    }
+
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn no_client_state_token_or_body_reaches_the_logs() {
+        let sink = Captured::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .json()
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let queue = Arc::new(RecordingQueue::default());
+        let notify = notify(queue.clone());
+        for sample in [VALIDATION, NOTIFICATIONS, LIFECYCLE] {
+            notify.handle(event(sample)).await;
+        }
+        notify
+            .handle(with_body(NOTIFICATIONS, r#"{"value":"v1.local.SECRET"}"#))
+            .await;
+        queue.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        notify.handle(event(NOTIFICATIONS)).await;
+
+        let logs = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(logs.contains("notifications judged"), "the capture works: {logs}");
+        assert!(!logs.contains("v1.local."), "a clientState was logged");
+        assert!(!logs.contains("secretClientValue"), "a clientState was logged");
+        assert!(
+            !logs.contains("Testing client application"),
+            "the validation token was logged"
+        );
+        assert!(!logs.contains("SECRET"), "a body fragment was logged");
+        assert!(!logs.contains("b!3xYz"), "a resource from a body was logged");
     }
 
     #[test]
