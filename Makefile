@@ -69,3 +69,14 @@ clean: ## Remove build output and the venv
 .PHONY: load
 load: venv ## Load run of notify through the local stack with wrk (see dev/load/run.sh)
 	dev/load/run.sh
+
+.PHONY: init-time
+init-time: venv ## Measure notify's init (process start to ready) and secret fetch (dev/load/init.py)
+	$(CARGO) build --release -p notify
+	$(VENV)/bin/python dev/load/init.py
+
+.PHONY: size
+size: venv ## Build notify for Lambda (arm64, release, stripped) and report its size
+	rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || true
+	cargo lambda build --release --arm64 -p notify
+	@ls -l target/lambda/notify/bootstrap | awk '{printf "notify arm64 bootstrap: %.1f MB\n", $$5/1000000}'

@@ -81,12 +81,7 @@ pub async fn bootstrap(
 
     // Pass 1: queues with their own settings; their ARNs tell us the account.
     for (id, props) in template.resources_of("AWS::SQS::Queue") {
-        let resolver = Resolver {
-            stack: &options.stack,
-            region: &options.region,
-            account: &account,
-            created: &created,
-        };
+        let resolver = resolver(options, &account, &created);
         let name = match props.get("QueueName") {
             Some(v) => resolver.string(v)?,
             None => format!("{}-{id}", options.stack),
@@ -122,12 +117,7 @@ pub async fn bootstrap(
 
     // Pass 2: attributes that name other queues.
     for (id, props) in template.resources_of("AWS::SQS::Queue") {
-        let resolver = Resolver {
-            stack: &options.stack,
-            region: &options.region,
-            account: &account,
-            created: &created,
-        };
+        let resolver = resolver(options, &account, &created);
         let Some(url) = created.get(id).map(|p| p.reference.clone()) else {
             continue;
         };
@@ -145,12 +135,7 @@ pub async fn bootstrap(
     }
 
     for (id, props) in template.resources_of("AWS::SecretsManager::Secret") {
-        let resolver = Resolver {
-            stack: &options.stack,
-            region: &options.region,
-            account: &account,
-            created: &created,
-        };
+        let resolver = resolver(options, &account, &created);
         let name = match props.get("Name") {
             Some(v) => resolver.string(v)?,
             None => format!("{}-{id}", options.stack),
@@ -205,6 +190,19 @@ pub async fn bootstrap(
         account,
         created,
     })
+}
+
+fn resolver<'a>(
+    options: &'a Options,
+    account: &'a str,
+    created: &'a BTreeMap<String, Physical>,
+) -> Resolver<'a> {
+    Resolver {
+        stack: &options.stack,
+        region: &options.region,
+        account,
+        created,
+    }
 }
 
 /// A secret's literal `SecretString`, or one made as `GenerateSecretString` describes.
