@@ -132,6 +132,41 @@ impl KeyId {
     }
 }
 
+/// An Entra object id (`oid`), a GUID kept in lower-case hyphenated form.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(String);
+
+impl ObjectId {
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        let guid = uuid::Uuid::try_parse(raw.trim()).map_err(|_| IdError::NotAGuid { kind: "an object id" })?;
+        Ok(Self(guid.hyphenated().to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A signed-in user: tenant (`tid`) and object id (`oid`). `sub` is pairwise per app, so it is
+/// never used (graph-protocol.md §7.4).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UserKey {
+    pub tenant: TenantId,
+    pub object: ObjectId,
+}
+
+impl UserKey {
+    pub fn new(tenant: TenantId, object: ObjectId) -> Self {
+        Self { tenant, object }
+    }
+}
+
+impl fmt::Display for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.tenant, self.object)
+    }
+}
+
 macro_rules! string_id_impls {
     ($($ty:ident),*) => {$(
         impl fmt::Display for $ty {
@@ -157,7 +192,7 @@ macro_rules! string_id_impls {
         }
     )*};
 }
-string_id_impls!(TenantId, SubscriptionId, KeyId);
+string_id_impls!(TenantId, ObjectId, SubscriptionId, KeyId);
 
 impl fmt::Debug for DriveKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
