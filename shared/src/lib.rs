@@ -8,6 +8,7 @@
 //! - [`client_state`]: per-subscription clientState secrets bound by HMAC, and their key ring;
 //! - [`secrets`]: reading secrets (Secrets Manager in AWS, env values locally);
 //! - [`notification`]: Graph's change-notification payloads, with their real quirks;
+//! - [`entra`]: the Entra token endpoint (on-behalf-of, refresh) with errors mapped to actions;
 //! - [`envelope`]: the versioned message format of the notifications queue;
 //! - [`intake`]: notify's decision: which notifications are genuine, and the messages they become;
 //! - [`queue`]: the notifications-queue port and its SQS adapter;
@@ -17,6 +18,7 @@
 pub mod client_state;
 pub mod clock;
 pub mod config;
+pub mod entra;
 pub mod envelope;
 pub mod graph;
 pub mod ids;
