@@ -16,6 +16,12 @@ pub const ENTRA_AUTHORITY_HOST: &str = "ENTRA_AUTHORITY_HOST";
 pub const NOTIFICATIONS_QUEUE_URL: &str = "NOTIFICATIONS_QUEUE_URL";
 pub const CLIENT_STATE_KEYS_SECRET_ARN: &str = "CLIENT_STATE_KEYS_SECRET_ARN";
 pub const CLIENT_STATE_KEY: &str = "CLIENT_STATE_KEY";
+/// The one DynamoDB table (docs/data-model.md).
+pub const TABLE_NAME: &str = "TABLE_NAME";
+/// The KMS key the token vault encrypts under: a key id, key ARN, alias name or alias ARN.
+pub const KMS_KEY_ID: &str = "KMS_KEY_ID";
+/// How long a warm container may keep a decrypted token (seconds; `0` turns the cache off).
+pub const TOKEN_CACHE_SECONDS: &str = "TOKEN_CACHE_SECONDS";
 pub const DEFAULT_GRAPH_BASE_URL: &str = "https://graph.microsoft.com/v1.0";
 pub const DEFAULT_ENTRA_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 

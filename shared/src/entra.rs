@@ -20,8 +20,8 @@ use url::Url;
 use crate::clock::SharedClock;
 use crate::config::{ConfigError, DEFAULT_ENTRA_AUTHORITY_HOST, ENTRA_AUTHORITY_HOST, Env};
 
-pub const ENTRA_TENANT_ID: &str = "ENTRA_TENANT_ID";
-pub const ENTRA_CLIENT_ID: &str = "ENTRA_CLIENT_ID";
+pub use crate::auth::{ENTRA_CLIENT_ID, ENTRA_TENANT_ID};
+
 pub const GRAPH_SCOPES: &str = "GRAPH_SCOPES";
 pub const DEFAULT_GRAPH_SCOPES: &str = "offline_access Files.Read.All";
 

@@ -160,6 +160,71 @@ pub struct Subscription {
     pub application_id: Option<String>,
 }
 
+/// The signed-in user's drive (`GET /me/drive`), the fields graphfeed uses.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drive {
+    pub id: String,
+    /// `personal`, `business` or `documentLibrary`.
+    #[serde(default)]
+    pub drive_type: String,
+}
+
+impl Drive {
+    /// The subscription resource for this drive: OneDrive for Business accepts only the root by
+    /// drive id; personal drives use `me/drive/root` (graph-protocol.md §1.4).
+    pub fn subscription_resource(&self) -> String {
+        if self.drive_type == "personal" {
+            "me/drive/root".to_owned()
+        } else {
+            format!("drives/{}/root", self.id)
+        }
+    }
+}
+
+/// A subscription as Graph returns it on GET, including the clientState graphfeed set.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionWithState {
+    #[serde(flatten)]
+    pub subscription: Subscription,
+    #[serde(default)]
+    client_state: Option<String>,
+}
+
+impl SubscriptionWithState {
+    /// Secret: compare it, never log it.
+    pub fn client_state(&self) -> Option<&str> {
+        self.client_state.as_deref()
+    }
+}
+
+impl std::fmt::Debug for SubscriptionWithState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionWithState")
+            .field("subscription", &self.subscription)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The id of the existing subscription a 409 names: `Subscription Id <id> already exists for the
+/// requested combination` (graph-protocol.md §1.6).
+pub fn conflicting_subscription_id(error: &GraphError) -> Option<String> {
+    let GraphError::Api {
+        status: 409, message, ..
+    } = error
+    else {
+        return None;
+    };
+    let rest = message.split("Subscription Id ").nth(1)?;
+    let id = rest.split_whitespace().next()?;
+    Some(
+        id.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+            .to_owned(),
+    )
+    .filter(|s| !s.is_empty())
+}
+
 /// What graphfeed asks Graph to create.
 #[derive(Debug)]
 pub struct NewSubscription<'a> {
@@ -262,6 +327,21 @@ impl GraphClient {
             .await
     }
 
+    /// `GET /me/drive`: the signed-in user's drive.
+    pub async fn my_drive(&self, token: &SecretString) -> Result<Drive, GraphError> {
+        self.json(self.request(Method::GET, "me/drive", token)).await
+    }
+
+    /// `GET /subscriptions/{id}` with the clientState it was created with.
+    pub async fn get_subscription_with_state(
+        &self,
+        token: &SecretString,
+        id: &str,
+    ) -> Result<SubscriptionWithState, GraphError> {
+        self.json(self.request(Method::GET, &format!("subscriptions/{id}"), token))
+            .await
+    }
+
     /// `GET /subscriptions/{id}`.
     pub async fn get_subscription(&self, token: &SecretString, id: &str) -> Result<Subscription, GraphError> {
         self.json(self.request(Method::GET, &format!("subscriptions/{id}"), token))
@@ -339,6 +419,32 @@ mod tests {
         let err = error_from_parts(StatusCode::BAD_GATEWAY, None, None, b"<html>bad gateway</html>");
         assert!(err.is_retryable());
         assert_eq!(err.code(), Some("Bad Gateway"));
+    }
+
+    #[test]
+    fn a_409_names_the_subscription_to_adopt() {
+        let body = br#"{"error":{"code":"Conflict","message":"Subscription Id 7f105c7d-2dc5-4530-97cd-4e7ae6534c07 already exists for the requested combination"}}"#;
+        let err = error_from_parts(StatusCode::CONFLICT, None, None, body);
+        assert_eq!(
+            conflicting_subscription_id(&err).as_deref(),
+            Some("7f105c7d-2dc5-4530-97cd-4e7ae6534c07")
+        );
+        let other = error_from_parts(StatusCode::BAD_REQUEST, None, None, body);
+        assert_eq!(conflicting_subscription_id(&other), None);
+    }
+
+    #[test]
+    fn business_drives_subscribe_by_drive_id_and_personal_ones_at_me() {
+        let business = Drive {
+            id: "b!abc".into(),
+            drive_type: "business".into(),
+        };
+        assert_eq!(business.subscription_resource(), "drives/b!abc/root");
+        let personal = Drive {
+            id: "0123456789abcdef".into(),
+            drive_type: "personal".into(),
+        };
+        assert_eq!(personal.subscription_resource(), "me/drive/root");
     }
 
     #[test]

@@ -138,7 +138,8 @@ pub struct ObjectId(String);
 
 impl ObjectId {
     pub fn parse(raw: &str) -> Result<Self, IdError> {
-        let guid = uuid::Uuid::try_parse(raw.trim()).map_err(|_| IdError::NotAGuid { kind: "an object id" })?;
+        let guid =
+            uuid::Uuid::try_parse(raw.trim()).map_err(|_| IdError::NotAGuid { kind: "an object id" })?;
         Ok(Self(guid.hyphenated().to_string()))
     }
 

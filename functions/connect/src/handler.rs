@@ -1,0 +1,296 @@
+//! Translates the user-facing routes into `shared::connect` calls and their errors into answers
+//! a client can act on:
+//!
+//! | outcome | answer |
+//! |---|---|
+//! | token refused (signature, issuer, audience, expiry, alg, scope) | 401 + `WWW-Authenticate: Bearer error="invalid_token"` |
+//! | Entra's keys unavailable | 503 + `Retry-After` |
+//! | MFA / Conditional Access claims challenge | 401 + `WWW-Authenticate: Bearer error="insufficient_claims", claims="<base64>"` |
+//! | consent missing (AADSTS65001) | 403 `consent_required` |
+//! | grant dead (sign in again) | 401 `interaction_required` |
+//! | Entra or Graph busy (`temporarily_unavailable`, 429, 5xx) | 503 + `Retry-After` |
+//! | Graph could not validate the notification URL | 502 `notification_url_unreachable` |
+//! | Graph's subscription quota | 409 `subscription_quota_reached` |
+//! | anything else | 500 / 503 with a fixed message; details stay in the logs |
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use lambda_http::http::{Method, StatusCode, header};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde_json::json;
+use shared::auth::TokenValidator;
+use shared::connect::{ConnectError, Connector, NotificationUrls};
+use shared::entra::EntraError;
+use shared::graph::GraphError;
+
+/// `NOTIFICATION_URL` / `LIFECYCLE_NOTIFICATION_URL` when set.
+#[derive(Debug, Clone, Default)]
+pub struct ConfiguredUrls {
+    pub notification: Option<String>,
+    pub lifecycle: Option<String>,
+}
+
+/// The connect handler.
+pub struct Connect {
+    validator: TokenValidator,
+    connector: Connector,
+    urls: ConfiguredUrls,
+}
+
+impl Connect {
+    pub fn new(validator: TokenValidator, connector: Connector, urls: ConfiguredUrls) -> Self {
+        Self {
+            validator,
+            connector,
+            urls,
+        }
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// Answers one request. Never fails: every outcome is an HTTP response.
+    #[tracing::instrument(name = "connect", skip_all, fields(method = %request.method()))]
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let caller = match self.validator.validate(authorization).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(reason = %e, "token refused");
+                let mut r = error(
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                    "invalid_token",
+                    e.description(),
+                );
+                if let Some(v) = e
+                    .www_authenticate()
+                    .and_then(|v| header::HeaderValue::from_str(&v).ok())
+                {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                if let Some(after) = e.retry_after() {
+                    set_retry_after(&mut r, after);
+                }
+                return r;
+            }
+        };
+        tracing::Span::current().record("method", tracing::field::display(request.method()));
+        let outcome = match *request.method() {
+            Method::POST => {
+                let urls = self.notification_urls(&request);
+                self.connector
+                    .connect(&caller.user, &caller.raw, &urls)
+                    .await
+                    .map(|c| json_response(StatusCode::OK, &json!(c)))
+            }
+            Method::GET => self
+                .connector
+                .status(&caller.user)
+                .await
+                .map(|s| json_response(StatusCode::OK, &json!(s))),
+            Method::DELETE => self
+                .connector
+                .disconnect(&caller.user, &caller.raw)
+                .await
+                .map(|()| empty(StatusCode::NO_CONTENT)),
+            _ => Ok(error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Use POST, GET or DELETE.",
+            )),
+        };
+        outcome.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "connect call failed");
+            answer_error(&e)
+        })
+    }
+
+    /// The configured URLs, or, when unset, URLs on this request's own API domain (which avoids
+    /// a circular reference between the API and the function in the template).
+    fn notification_urls(&self, request: &Request) -> NotificationUrls {
+        let base = request_base(request);
+        NotificationUrls {
+            notification: self
+                .urls
+                .notification
+                .clone()
+                .unwrap_or_else(|| format!("{base}/notifications")),
+            lifecycle: self
+                .urls
+                .lifecycle
+                .clone()
+                .unwrap_or_else(|| format!("{base}/lifecycle")),
+        }
+    }
+}
+
+fn request_base(request: &Request) -> String {
+    let (host, stage) = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => (ctx.domain_name.clone(), ctx.stage.clone()),
+        _ => (None, None),
+    };
+    let host = host
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let scheme = request
+        .headers()
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("https");
+    let stage = stage
+        .filter(|s| s != "$default")
+        .map(|s| format!("/{s}"))
+        .unwrap_or_default();
+    format!("{scheme}://{host}{stage}")
+}
+
+fn answer_error(e: &ConnectError) -> Response<Body> {
+    match e {
+        ConnectError::Entra(EntraError::ClaimsChallenge { claims, .. }) => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "insufficient_claims",
+                "Sign in again with the claims in WWW-Authenticate (MFA or Conditional Access).",
+            );
+            let value = format!(
+                "Bearer error=\"insufficient_claims\", claims=\"{}\"",
+                base64::engine::general_purpose::STANDARD.encode(claims)
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&value) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            r
+        }
+        ConnectError::Entra(EntraError::ConsentRequired { .. }) => error(
+            StatusCode::FORBIDDEN,
+            "consent_required",
+            "The user (or an administrator) has not consented to graphfeed's Microsoft Graph permissions. Grant consent, then connect again.",
+        ),
+        ConnectError::Entra(EntraError::GrantExpired { .. }) => error(
+            StatusCode::UNAUTHORIZED,
+            "interaction_required",
+            "Sign in again, then connect again.",
+        ),
+        ConnectError::Entra(EntraError::Unavailable { retry_after }) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "Microsoft Entra is busy; retry later.",
+            );
+            set_retry_after(&mut r, retry_after.unwrap_or(Duration::from_secs(5)));
+            r
+        }
+        ConnectError::Entra(EntraError::Transport { .. }) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "Microsoft Entra could not be reached; retry later.",
+            );
+            set_retry_after(&mut r, Duration::from_secs(5));
+            r
+        }
+        ConnectError::Graph(g) => graph_error(g),
+        ConnectError::NotConnected => error(
+            StatusCode::NOT_FOUND,
+            "not_connected",
+            "This user is not connected; POST /connect first.",
+        ),
+        ConnectError::Entra(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "graphfeed's Entra configuration was refused; the operator has been told.",
+        ),
+        ConnectError::Vault(_) | ConnectError::Store(_) | ConnectError::Queue(_) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "graphfeed could not save the connection; retry later.",
+            );
+            set_retry_after(&mut r, Duration::from_secs(2));
+            r
+        }
+    }
+}
+
+fn graph_error(g: &GraphError) -> Response<Body> {
+    match (g.status(), g.code()) {
+        (Some(400), Some("ValidationError" | "InvalidRequest")) if is_validation_failure(g) => error(
+            StatusCode::BAD_GATEWAY,
+            "notification_url_unreachable",
+            "Microsoft Graph could not validate graphfeed's notification URL; check NOTIFICATION_URL and that notify is deployed.",
+        ),
+        (Some(403), _) if g.to_string().contains("Maximum number of subscriptions") => error(
+            StatusCode::CONFLICT,
+            "subscription_quota_reached",
+            "Microsoft Graph's subscription quota for this drive is reached; remove other subscriptions on it.",
+        ),
+        (Some(401 | 403), _) => error(
+            StatusCode::FORBIDDEN,
+            "graph_access_denied",
+            "Microsoft Graph refused access to the drive with the granted permissions.",
+        ),
+        _ if g.is_retryable() => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "Microsoft Graph is busy; retry later.",
+            );
+            set_retry_after(&mut r, g.retry_after().unwrap_or(Duration::from_secs(5)));
+            r
+        }
+        _ => error(
+            StatusCode::BAD_GATEWAY,
+            "graph_error",
+            "Microsoft Graph refused the request.",
+        ),
+    }
+}
+
+fn is_validation_failure(g: &GraphError) -> bool {
+    let text = g.to_string();
+    text.contains("validation request") || text.contains("validationToken")
+}
+
+fn set_retry_after(r: &mut Response<Body>, after: Duration) {
+    if let Ok(v) = header::HeaderValue::from_str(&after.as_secs().max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    response(status, Some("application/json"), Body::Text(body.to_string()))
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    response(status, None, Body::Empty)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(status, &json!({"error": {"code": code, "message": message}}))
+}
+
+fn response(status: StatusCode, content_type: Option<&str>, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    if let Some(ct) = content_type.and_then(|c| header::HeaderValue::from_str(c).ok()) {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    r
+}

@@ -1,0 +1,114 @@
+//! connect: the user-facing routes (`POST /connect`, `GET /connect`, `DELETE /connect`).
+//!
+//! [`handler`] translates requests into calls on `shared::connect`; [`wire`] builds it from
+//! configuration once per cold start, for the Lambda binary and the local stack alike.
+
+pub mod handler;
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use shared::auth::{AuthConfig, TokenValidator};
+use shared::client_state::{KeyStore, KeyStoreError};
+use shared::clock::SharedClock;
+use shared::config::{ClientStateKeys, ConfigError, Env, FifoQueueUrl, GraphConfig, NOTIFICATIONS_QUEUE_URL};
+use shared::connect::{Connector, DEFAULT_RENEW_WINDOW};
+use shared::entra::{EntraClient, EntraConfig, EntraError};
+use shared::graph::{GraphClient, GraphError};
+use shared::queue::SqsQueue;
+use shared::secrets::{SecretError, SecretSource, SecretsManagerSecret};
+use shared::store::DynamoStore;
+use shared::vault::{KmsDynamoVault, VaultConfig};
+
+pub use handler::Connect;
+
+pub const ENTRA_CLIENT_SECRET_ARN: &str = "ENTRA_CLIENT_SECRET_ARN";
+pub const ENTRA_CLIENT_SECRET: &str = "ENTRA_CLIENT_SECRET";
+pub const NOTIFICATION_URL: &str = "NOTIFICATION_URL";
+pub const LIFECYCLE_NOTIFICATION_URL: &str = "LIFECYCLE_NOTIFICATION_URL";
+pub const RENEW_WINDOW_MINUTES: &str = "RENEW_WINDOW_MINUTES";
+
+/// Why connect could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("connect is misconfigured: {0}")]
+    Config(#[from] ConfigError),
+    #[error("connect could not read a secret: {0}")]
+    Secret(#[from] SecretError),
+    #[error("connect could not load its clientState keys: {0}")]
+    Keys(#[from] KeyStoreError),
+    #[error("connect could not build its Entra client: {0}")]
+    Entra(#[from] EntraError),
+    #[error("connect could not build its Graph client: {0}")]
+    Graph(#[from] GraphError),
+}
+
+/// Builds connect from the environment.
+pub async fn wire(
+    env: &Env,
+    aws: &aws_config::SdkConfig,
+    clock: SharedClock,
+) -> Result<Connect, StartupError> {
+    let auth = AuthConfig::from_env(env)?;
+    let entra = EntraConfig::from_env(env)?;
+    let client_secret = client_secret(env, aws).await?;
+    let queue_url = FifoQueueUrl::parse(NOTIFICATIONS_QUEUE_URL, env.required(NOTIFICATIONS_QUEUE_URL)?)?;
+    let vault_config = VaultConfig::from_env(env)?;
+    let keys = KeyStore::from_config(&ClientStateKeys::from_env(env)?, aws, clock.clone()).await?;
+    let renew_window = match env.get(RENEW_WINDOW_MINUTES) {
+        None => DEFAULT_RENEW_WINDOW,
+        Some(raw) => chrono::Duration::minutes(raw.parse::<i64>().ok().filter(|m| *m > 0).ok_or(
+            ConfigError::Invalid {
+                var: RENEW_WINDOW_MINUTES,
+                reason: format!("must be a positive number of minutes (got {raw:?})"),
+            },
+        )?),
+    };
+    let urls = handler::ConfiguredUrls {
+        notification: env.get(NOTIFICATION_URL).map(str::to_owned),
+        lifecycle: env.get(LIFECYCLE_NOTIFICATION_URL).map(str::to_owned),
+    };
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| {
+            StartupError::Entra(EntraError::Transport {
+                reason: e.to_string(),
+            })
+        })?;
+    let connector = Connector {
+        entra: EntraClient::new(entra, client_secret, clock.clone())?,
+        graph: GraphClient::new(&GraphConfig::from_env(env)?)?,
+        vault: Arc::new(KmsDynamoVault::from_sdk_config(aws, &vault_config, clock.clone())),
+        store: Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(aws),
+            vault_config.table_name.clone(),
+        )),
+        queue: Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(aws), queue_url.as_str())),
+        keys: Arc::new(keys),
+        clock: clock.clone(),
+        renew_window,
+    };
+    Ok(Connect::new(
+        TokenValidator::new(auth, http, clock),
+        connector,
+        urls,
+    ))
+}
+
+/// The client secret: from Secrets Manager (`ENTRA_CLIENT_SECRET_ARN`, read once per cold
+/// start), or locally from `ENTRA_CLIENT_SECRET`.
+async fn client_secret(env: &Env, aws: &aws_config::SdkConfig) -> Result<SecretString, StartupError> {
+    if let Some(arn) = env.get(ENTRA_CLIENT_SECRET_ARN) {
+        let source = SecretsManagerSecret::new(aws_sdk_secretsmanager::Client::new(aws), arn);
+        return Ok(source.fetch().await?);
+    }
+    match env.get(ENTRA_CLIENT_SECRET) {
+        Some(s) if !env.in_aws() => Ok(SecretString::from(s.to_owned())),
+        _ => Err(ConfigError::Missing {
+            var: ENTRA_CLIENT_SECRET_ARN,
+        }
+        .into()),
+    }
+}

@@ -1,0 +1,298 @@
+//! connect's decisions: from a validated caller to a live subscription and a queued baseline,
+//! and back again on disconnect (issue 3).
+//!
+//! Order matters, so that nothing is left half-done by a crash:
+//! 1. on-behalf-of exchange, refresh token into the vault (versioned write);
+//! 2. the user's drive and its stable drive key (first writer wins);
+//! 3. the drive state moves to `baseline_pending` *before* the subscription exists, so a
+//!    notification that beats the baseline message still finds a drive without a deltaLink;
+//! 4. the subscription: kept if alive, renewed if inside the renewal window, created otherwise
+//!    (a 409 adopts Graph's existing one when its clientState verifies, else replaces it);
+//! 5. a baseline walk (no deltaLink yet) or a catch-up walk (a reconnect that kept one) is
+//!    enqueued on the drive's message group.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use secrecy::SecretString;
+
+use crate::client_state::KeyStore;
+use crate::clock::SharedClock;
+use crate::entra::{EntraClient, EntraError};
+use crate::envelope::{Envelope, Kind};
+use crate::graph::{GraphClient, GraphError, NewSubscription, conflicting_subscription_id};
+use crate::ids::{DriveKey, UserKey};
+use crate::queue::{NotificationQueue, OutgoingMessage, QueueError, send_all};
+use crate::store::{
+    ConnectionStore, DriveState, DriveStatus, StoreError, SubscriptionRecord, UserRecord, begin_connection,
+    tombstone,
+};
+use crate::vault::{TokenVault, VaultError};
+
+/// Graph's maximum driveItem subscription lifetime (graph-protocol.md §1.3).
+pub const MAX_LIFETIME: Duration = Duration::minutes(42_300);
+/// Asked-for lifetime is the maximum less this, so clock skew never makes Graph refuse it.
+pub const LIFETIME_MARGIN: Duration = Duration::minutes(60);
+/// The default renewal window (`RENEW_WINDOW_MINUTES`): 72 hours.
+pub const DEFAULT_RENEW_WINDOW: Duration = Duration::hours(72);
+
+/// Where Graph calls notify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationUrls {
+    pub notification: String,
+    pub lifecycle: String,
+}
+
+/// Why connect or disconnect failed, in terms the HTTP edge maps to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Entra(#[from] EntraError),
+    #[error("Graph refused: {0}")]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the baseline could not be queued: {0}")]
+    Queue(#[from] QueueError),
+    #[error("the user is not connected")]
+    NotConnected,
+}
+
+/// The outcome of a connect.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Connection {
+    pub subscription_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub drive_id: String,
+    pub drive_key: DriveKey,
+    /// `baseline` or `catch-up`: the walk that was queued.
+    pub walk: Kind,
+}
+
+/// Everything connect needs, built once per cold start.
+pub struct Connector {
+    pub entra: EntraClient,
+    pub graph: GraphClient,
+    pub vault: Arc<dyn TokenVault>,
+    pub store: Arc<dyn ConnectionStore>,
+    pub queue: Arc<dyn NotificationQueue>,
+    pub keys: Arc<KeyStore>,
+    pub clock: SharedClock,
+    pub renew_window: Duration,
+}
+
+impl Connector {
+    /// Connects (or reconnects) the caller whose API token is `assertion`.
+    pub async fn connect(
+        &self,
+        user: &UserKey,
+        assertion: &SecretString,
+        urls: &NotificationUrls,
+    ) -> Result<Connection, ConnectError> {
+        let tokens = self.entra.on_behalf_of(user.tenant.as_str(), assertion).await?;
+        if let Some(refresh) = &tokens.refresh_token {
+            self.store_refresh_token(user, refresh).await?;
+        }
+        let drive = self.graph.my_drive(&tokens.access_token).await?;
+        let record = match self.store.user(user).await? {
+            Some(r) => r,
+            None => {
+                let fresh = UserRecord {
+                    drive_key: DriveKey::random(),
+                    drive_id: drive.id.clone(),
+                    drive_type: drive.drive_type.clone(),
+                    created_at: self.clock.now(),
+                };
+                self.store.create_user(user, &fresh).await?
+            }
+        };
+        let state = begin_connection(self.store.as_ref(), &record.drive_key, user, &drive.id).await?;
+        let subscription = self
+            .ensure_subscription(
+                user,
+                &state,
+                &drive.subscription_resource(),
+                urls,
+                &tokens.access_token,
+            )
+            .await?;
+        let walk = if state.delta_link.is_some() {
+            Kind::CatchUp
+        } else {
+            Kind::Baseline
+        };
+        let envelope = Envelope::new(walk, record.drive_key, user.tenant.clone(), self.clock.now());
+        send_all(
+            self.queue.as_ref(),
+            &[OutgoingMessage::new(record.drive_key, envelope.to_json())],
+        )
+        .await?;
+        Ok(Connection {
+            subscription_id: subscription.subscription_id,
+            expires_at: subscription.expires_at,
+            drive_id: drive.id,
+            drive_key: record.drive_key,
+            walk,
+        })
+    }
+
+    async fn store_refresh_token(&self, user: &UserKey, token: &SecretString) -> Result<(), ConnectError> {
+        let mut attempts = 0;
+        loop {
+            let expected = self.vault.load(user).await?.map(|t| t.version);
+            match self.vault.store(user, token, expected).await {
+                Ok(_) => return Ok(()),
+                Err(VaultError::Conflict { .. }) if attempts < 3 => attempts += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn ensure_subscription(
+        &self,
+        user: &UserKey,
+        state: &DriveState,
+        resource: &str,
+        urls: &NotificationUrls,
+        token: &SecretString,
+    ) -> Result<SubscriptionRecord, ConnectError> {
+        let now = self.clock.now();
+        let existing = self.store.subscription(&state.drive_key).await?;
+        if let Some(current) = &existing {
+            if current.generation == state.generation && current.expires_at > now + self.renew_window {
+                return Ok(current.clone());
+            }
+            if current.generation == state.generation {
+                match self
+                    .graph
+                    .renew_subscription(
+                        token,
+                        &current.subscription_id,
+                        now + MAX_LIFETIME - LIFETIME_MARGIN,
+                    )
+                    .await
+                {
+                    Ok(renewed) => {
+                        let next = SubscriptionRecord {
+                            expires_at: renewed.expiration_date_time,
+                            version: current.version + 1,
+                            ..current.clone()
+                        };
+                        return self.save_subscription(next).await;
+                    }
+                    Err(e) if e.status() == Some(404) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let ring = self.keys.ring();
+        let client_state = ring.mint(&user.tenant, &state.drive_key);
+        let request = NewSubscription {
+            resource,
+            notification_url: &urls.notification,
+            lifecycle_notification_url: Some(&urls.lifecycle),
+            expiration: now + MAX_LIFETIME - LIFETIME_MARGIN,
+            client_state: &client_state,
+        };
+        let created = match self.graph.create_subscription(token, &request).await {
+            Ok(s) => s,
+            Err(e) => match conflicting_subscription_id(&e) {
+                Some(id) => self.adopt_or_replace(user, state, &id, &request, token).await?,
+                None => return Err(e.into()),
+            },
+        };
+        let next = SubscriptionRecord {
+            drive_key: state.drive_key,
+            subscription_id: created.id,
+            expires_at: created.expiration_date_time,
+            key_id: ring.active().to_string(),
+            resource: resource.to_owned(),
+            generation: state.generation,
+            version: existing.as_ref().map_or(1, |e| e.version + 1),
+        };
+        self.save_subscription(next).await
+    }
+
+    /// A 409: Graph already has a subscription for this drive (a concurrent connect, or one whose
+    /// record was lost). Ours if its clientState verifies for this drive: adopt it. Otherwise
+    /// it cannot be verified by notify: delete it and create ours.
+    async fn adopt_or_replace(
+        &self,
+        user: &UserKey,
+        state: &DriveState,
+        id: &str,
+        request: &NewSubscription<'_>,
+        token: &SecretString,
+    ) -> Result<crate::graph::Subscription, ConnectError> {
+        let found = self.graph.get_subscription_with_state(token, id).await?;
+        let ours = found
+            .client_state()
+            .and_then(|cs| self.keys.ring().verify(cs, &user.tenant).ok())
+            .is_some_and(|v| v.drive_key == state.drive_key);
+        if ours {
+            return Ok(found.subscription);
+        }
+        self.graph.delete_subscription(token, id).await?;
+        Ok(self.graph.create_subscription(token, request).await?)
+    }
+
+    /// Stores the subscription record; when a concurrent connect stored one first, the stored
+    /// one wins (Graph allows one per drive, so both name the same subscription).
+    async fn save_subscription(&self, next: SubscriptionRecord) -> Result<SubscriptionRecord, ConnectError> {
+        match self.store.put_subscription(&next).await {
+            Ok(()) => Ok(next),
+            Err(StoreError::Conflict) => Ok(self.store.subscription(&next.drive_key).await?.unwrap_or(next)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Disconnects: deletes the Graph subscription (404 is fine), crypto-shreds the tokens and
+    /// leaves the tombstone. Idempotent.
+    pub async fn disconnect(&self, user: &UserKey, assertion: &SecretString) -> Result<(), ConnectError> {
+        let Some(record) = self.store.user(user).await? else {
+            return Ok(());
+        };
+        if let Some(sub) = self.store.subscription(&record.drive_key).await? {
+            let tokens = self.entra.on_behalf_of(user.tenant.as_str(), assertion).await?;
+            self.graph
+                .delete_subscription(&tokens.access_token, &sub.subscription_id)
+                .await?;
+            self.store.delete_subscription(&record.drive_key).await?;
+        }
+        self.vault.shred(user).await?;
+        tombstone(self.store.as_ref(), &record.drive_key).await?;
+        Ok(())
+    }
+
+    /// The caller's connection status.
+    pub async fn status(&self, user: &UserKey) -> Result<Status, ConnectError> {
+        let record = self.store.user(user).await?.ok_or(ConnectError::NotConnected)?;
+        let drive = self
+            .store
+            .drive(&record.drive_key)
+            .await?
+            .ok_or(ConnectError::NotConnected)?;
+        let subscription = self.store.subscription(&record.drive_key).await?;
+        Ok(Status {
+            state: drive.state,
+            drive_id: drive.drive_id,
+            subscription_id: subscription.as_ref().map(|s| s.subscription_id.clone()),
+            expires_at: subscription.map(|s| s.expires_at),
+            last_walk_completed_at: drive.last_walk_completed_at,
+            needs_reauth: drive.state == DriveStatus::NeedsReauth,
+        })
+    }
+}
+
+/// What `GET /connect` shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    pub state: DriveStatus,
+    pub drive_id: String,
+    pub subscription_id: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_walk_completed_at: Option<DateTime<Utc>>,
+    pub needs_reauth: bool,
+}

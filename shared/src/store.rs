@@ -1,0 +1,365 @@
+//! Connection state in DynamoDB: users, drive state and subscriptions (docs/data-model.md).
+//!
+//! Every write that must not go backwards is conditional: on a numeric `version`, or on the item
+//! not existing yet. A lost race is [`StoreError::Conflict`], and the caller re-reads.
+//!
+//! The drive's `generation` is bumped by a disconnect (the tombstone) and by the reconnect that
+//! follows; later issues key the item index and change log by it and condition every drive-state
+//! write on it, so a walk that started under one connection cannot write into the next.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DriveKey, UserKey};
+
+/// Why a store call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("another writer changed the record first; re-read and retry")]
+    Conflict,
+    #[error("DynamoDB call failed: {0}")]
+    Call(String),
+    #[error("a stored record could not be read: {0}")]
+    Corrupt(String),
+}
+
+/// What graphfeed knows about a user: which drive, under which drive key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub drive_key: DriveKey,
+    pub drive_id: String,
+    /// `personal` or `business` (Graph's `driveType`).
+    pub drive_type: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where a drive's connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriveStatus {
+    /// Connected; the processor has not stored a deltaLink yet.
+    BaselinePending,
+    Active,
+    NeedsReauth,
+    Resyncing,
+    /// The tombstone: disconnected; the generation and sequence high-water mark are kept.
+    Disconnected,
+}
+
+/// A drive's state (pk `DRIVE#<drive key>`, sk `STATE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriveState {
+    pub drive_key: DriveKey,
+    pub tenant_id: String,
+    pub user_oid: String,
+    pub drive_id: String,
+    pub generation: u64,
+    pub state: DriveStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_link: Option<String>,
+    #[serde(default)]
+    pub seq_high_water: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_walk_completed_at: Option<DateTime<Utc>>,
+    pub version: u64,
+}
+
+/// A drive's Graph subscription (pk `DRIVE#<drive key>`, sk `SUB`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    pub drive_key: DriveKey,
+    pub subscription_id: String,
+    /// What Graph returned, never a locally computed expiry.
+    pub expires_at: DateTime<Utc>,
+    /// The clientState key id the subscription was created with (renew replaces retired ones).
+    pub key_id: String,
+    pub resource: String,
+    pub generation: u64,
+    pub version: u64,
+}
+
+/// The expiry index's shard count: subscriptions spread over this many partition keys.
+pub const EXPIRY_SHARDS: u8 = 16;
+
+impl SubscriptionRecord {
+    /// `EXP#<shard>`: the drive key's first byte picks one of [`EXPIRY_SHARDS`] partitions.
+    pub fn expiry_shard(&self) -> String {
+        format!("EXP#{}", self.drive_key.as_bytes()[0] % EXPIRY_SHARDS)
+    }
+}
+
+/// The connection-state port.
+pub trait ConnectionStore: Send + Sync {
+    fn user(&self, user: &UserKey) -> BoxFuture<'_, Result<Option<UserRecord>, StoreError>>;
+    /// Creates the user record unless one exists; returns the record that is stored (the
+    /// first writer's, when two connects race), so a user's drive key never changes.
+    fn create_user<'a>(
+        &'a self,
+        user: &'a UserKey,
+        record: &'a UserRecord,
+    ) -> BoxFuture<'a, Result<UserRecord, StoreError>>;
+    fn drive(&self, drive_key: &DriveKey) -> BoxFuture<'_, Result<Option<DriveState>, StoreError>>;
+    /// Writes `next` if the stored state has version `next.version - 1` (or none exists when
+    /// `next.version == 1`).
+    fn put_drive<'a>(&'a self, next: &'a DriveState) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn subscription(
+        &self,
+        drive_key: &DriveKey,
+    ) -> BoxFuture<'_, Result<Option<SubscriptionRecord>, StoreError>>;
+    /// Writes `next` if the stored record has version `next.version - 1` (or none exists when
+    /// `next.version == 1`).
+    fn put_subscription<'a>(&'a self, next: &'a SubscriptionRecord) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn delete_subscription<'a>(&'a self, drive_key: &'a DriveKey) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// The DynamoDB adapter.
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+fn user_pk(user: &UserKey) -> String {
+    format!("USER#{user}")
+}
+
+fn drive_pk(drive_key: &DriveKey) -> String {
+    format!("DRIVE#{drive_key}")
+}
+
+fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(pk)),
+        ("sk".to_owned(), AttributeValue::S(sk.to_owned())),
+    ])
+}
+
+fn call_error<E: std::error::Error + 'static>(e: aws_sdk_dynamodb::error::SdkError<E>) -> StoreError {
+    StoreError::Call(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
+}
+
+fn is_condition_failure<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException")
+}
+
+fn to_item<T: Serialize>(
+    value: &T,
+    pk: String,
+    sk: &str,
+    kind: &str,
+) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    let mut item: HashMap<String, AttributeValue> =
+        serde_dynamo::to_item(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    item.extend(key(pk, sk));
+    item.insert("kind".into(), AttributeValue::S(kind.into()));
+    Ok(item)
+}
+
+fn from_item<T: for<'de> Deserialize<'de>>(item: HashMap<String, AttributeValue>) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl DynamoStore {
+    async fn get<T: for<'de> Deserialize<'de>>(&self, pk: String, sk: &str) -> Result<Option<T>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(call_error)?;
+        out.item.map(from_item).transpose()
+    }
+
+    /// A put conditioned on the version: none stored for version 1, else the previous one.
+    async fn put_versioned(
+        &self,
+        item: HashMap<String, AttributeValue>,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        request = if version <= 1 {
+            request.condition_expression("attribute_not_exists(pk)")
+        } else {
+            request
+                .condition_expression("version = :previous")
+                .expression_attribute_values(":previous", AttributeValue::N((version - 1).to_string()))
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
+            Err(e) => Err(call_error(e)),
+        }
+    }
+}
+
+impl ConnectionStore for DynamoStore {
+    fn user(&self, user: &UserKey) -> BoxFuture<'_, Result<Option<UserRecord>, StoreError>> {
+        let pk = user_pk(user);
+        Box::pin(async move { self.get(pk, "PROFILE").await })
+    }
+
+    fn create_user<'a>(
+        &'a self,
+        user: &'a UserKey,
+        record: &'a UserRecord,
+    ) -> BoxFuture<'a, Result<UserRecord, StoreError>> {
+        Box::pin(async move {
+            let item = to_item(record, user_pk(user), "PROFILE", "user")?;
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .send()
+                .await;
+            match put {
+                Ok(_) => Ok(record.clone()),
+                Err(e) if is_condition_failure(&e) => self
+                    .get(user_pk(user), "PROFILE")
+                    .await?
+                    .ok_or(StoreError::Conflict),
+                Err(e) => Err(call_error(e)),
+            }
+        })
+    }
+
+    fn drive(&self, drive_key: &DriveKey) -> BoxFuture<'_, Result<Option<DriveState>, StoreError>> {
+        let pk = drive_pk(drive_key);
+        Box::pin(async move { self.get(pk, "STATE").await })
+    }
+
+    fn put_drive<'a>(&'a self, next: &'a DriveState) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let item = to_item(next, drive_pk(&next.drive_key), "STATE", "drive")?;
+            self.put_versioned(item, next.version).await
+        })
+    }
+
+    fn subscription(
+        &self,
+        drive_key: &DriveKey,
+    ) -> BoxFuture<'_, Result<Option<SubscriptionRecord>, StoreError>> {
+        let pk = drive_pk(drive_key);
+        Box::pin(async move { self.get(pk, "SUB").await })
+    }
+
+    fn put_subscription<'a>(&'a self, next: &'a SubscriptionRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut item = to_item(next, drive_pk(&next.drive_key), "SUB", "subscription")?;
+            item.insert("gsi1pk".into(), AttributeValue::S(next.expiry_shard()));
+            item.insert(
+                "gsi1sk".into(),
+                AttributeValue::S(format!(
+                    "{}#{}",
+                    next.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    next.drive_key
+                )),
+            );
+            self.put_versioned(item, next.version).await
+        })
+    }
+
+    fn delete_subscription<'a>(&'a self, drive_key: &'a DriveKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(drive_pk(drive_key), "SUB")))
+                .send()
+                .await
+                .map_err(call_error)?;
+            Ok(())
+        })
+    }
+}
+
+/// Moves a drive's state to `baseline_pending` for a (re)connection: a new drive starts at
+/// generation 1; a disconnected one gets the next generation and keeps its sequence high-water
+/// mark; a connected one is left as it is. Retries a lost race a few times.
+pub async fn begin_connection(
+    store: &dyn ConnectionStore,
+    drive_key: &DriveKey,
+    user: &UserKey,
+    drive_id: &str,
+) -> Result<DriveState, StoreError> {
+    for _ in 0..4 {
+        let next = match store.drive(drive_key).await? {
+            None => DriveState {
+                drive_key: *drive_key,
+                tenant_id: user.tenant.to_string(),
+                user_oid: user.object.to_string(),
+                drive_id: drive_id.to_owned(),
+                generation: 1,
+                state: DriveStatus::BaselinePending,
+                delta_link: None,
+                seq_high_water: 0,
+                last_walk_completed_at: None,
+                version: 1,
+            },
+            Some(current) if current.state == DriveStatus::Disconnected => DriveState {
+                generation: current.generation + 1,
+                state: DriveStatus::BaselinePending,
+                delta_link: None,
+                drive_id: drive_id.to_owned(),
+                version: current.version + 1,
+                ..current
+            },
+            Some(current) => return Ok(current),
+        };
+        match store.put_drive(&next).await {
+            Ok(()) => return Ok(next),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
+/// Leaves the tombstone: `disconnected`, the next generation (so a walk of the old one can no
+/// longer write), no deltaLink, the sequence high-water mark kept. Idempotent.
+pub async fn tombstone(store: &dyn ConnectionStore, drive_key: &DriveKey) -> Result<(), StoreError> {
+    for _ in 0..4 {
+        let Some(current) = store.drive(drive_key).await? else {
+            return Ok(());
+        };
+        if current.state == DriveStatus::Disconnected {
+            return Ok(());
+        }
+        let next = DriveState {
+            generation: current.generation + 1,
+            state: DriveStatus::Disconnected,
+            delta_link: None,
+            version: current.version + 1,
+            ..current
+        };
+        match store.put_drive(&next).await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
+}
