@@ -21,6 +21,8 @@ use shared::clock::OffsetClock;
 use shared::config::Env;
 use shared::envelope::Envelope;
 
+pub use local_stack::local_parameters;
+
 pub const REGION: &str = "us-east-1";
 
 /// The development key ring, as the local stack stores it.
@@ -141,6 +143,7 @@ impl TestStack {
                 aws: notify_aws,
                 overrides,
                 secret_values: BTreeMap::from([("ClientStateKeysSecret".to_owned(), options.key_secret)]),
+                parameters: local_parameters(),
                 clock: Arc::new(options.clock.clone()),
             },
         )

@@ -483,6 +483,217 @@ fn the_client_state_keys_are_generated_never_a_parameter_default() {
     }
 }
 
+// ---- the table and the token vault's key --------------------------------------------------------
+
+fn key_schema(owner: &Value) -> Vec<(String, String)> {
+    as_list(&owner["KeySchema"])
+        .iter()
+        .map(|k| {
+            (
+                k["AttributeName"].as_str().expect("an attribute name").to_owned(),
+                k["KeyType"].as_str().expect("a key type").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pair(a: &str, b: &str) -> (String, String) {
+    (a.to_owned(), b.to_owned())
+}
+
+#[test]
+fn the_table_is_keyed_by_pk_and_sk_with_the_expiry_index_and_ttl_on_demand() {
+    let t = template();
+    assert_eq!(resource(&t, "Table")["Type"], "AWS::DynamoDB::Table");
+    let table = properties(&t, "Table");
+    assert_eq!(table["BillingMode"], "PAY_PER_REQUEST");
+    assert!(table.get("ProvisionedThroughput").is_none());
+    assert_eq!(key_schema(table), [pair("pk", "HASH"), pair("sk", "RANGE")]);
+
+    let definitions: BTreeSet<(String, String)> = as_list(&table["AttributeDefinitions"])
+        .iter()
+        .map(|d| {
+            pair(
+                d["AttributeName"].as_str().expect("a name"),
+                d["AttributeType"].as_str().expect("a type"),
+            )
+        })
+        .collect();
+    // Exactly the key attributes (CloudFormation refuses a definition no key uses).
+    assert_eq!(
+        definitions,
+        BTreeSet::from([
+            pair("pk", "S"),
+            pair("sk", "S"),
+            pair("gsi1pk", "S"),
+            pair("gsi1sk", "S")
+        ])
+    );
+
+    let indexes = as_list(&table["GlobalSecondaryIndexes"]);
+    assert_eq!(indexes.len(), 1);
+    let gsi1 = &indexes[0];
+    assert_eq!(gsi1["IndexName"], "gsi1");
+    assert_eq!(
+        key_schema(gsi1),
+        [pair("gsi1pk", "HASH"), pair("gsi1sk", "RANGE")]
+    );
+    assert_eq!(gsi1["Projection"], json!({ "ProjectionType": "ALL" }));
+    assert!(table.get("LocalSecondaryIndexes").is_none());
+
+    assert_eq!(
+        table["TimeToLiveSpecification"],
+        json!({ "AttributeName": "ttl", "Enabled": true })
+    );
+}
+
+#[test]
+fn the_table_survives_mistakes_recovers_to_a_point_in_time_and_is_encrypted() {
+    let t = template();
+    let table = properties(&t, "Table");
+    assert_eq!(
+        table["PointInTimeRecoverySpecification"],
+        json!({ "PointInTimeRecoveryEnabled": true })
+    );
+    assert_eq!(table["DeletionProtectionEnabled"], true);
+    assert_eq!(table["SSESpecification"]["SSEEnabled"], true);
+    // A stack deletion or replacement must not take every connection with it.
+    assert_eq!(resource(&t, "Table")["DeletionPolicy"], "Retain");
+    assert_eq!(resource(&t, "Table")["UpdateReplacePolicy"], "Retain");
+    // CloudFormation names it: two stacks never collide and the local bootstrap derives it.
+    assert!(table.get("TableName").is_none());
+    assert!(resource(&t, "Table").get("Condition").is_none());
+}
+
+#[test]
+fn the_token_key_is_symmetric_rotated_and_administered_by_the_account() {
+    let t = template();
+    assert_eq!(resource(&t, "TokenKey")["Type"], "AWS::KMS::Key");
+    let key = properties(&t, "TokenKey");
+    assert_eq!(key["KeySpec"], "SYMMETRIC_DEFAULT");
+    assert_eq!(key["KeyUsage"], "ENCRYPT_DECRYPT");
+    assert_eq!(key["EnableKeyRotation"], true);
+    assert!(
+        key.get("Origin").is_none() || key["Origin"] == "AWS_KMS",
+        "no imported key material"
+    );
+    assert!(key.get("MultiRegion").is_none_or(|m| m == false));
+    let pending = key["PendingWindowInDays"].as_i64().unwrap_or(30);
+    assert!(
+        pending >= 30,
+        "a mistaken deletion needs the longest window to undo, not {pending} days"
+    );
+    // Every stored token dies with the key.
+    assert_eq!(resource(&t, "TokenKey")["DeletionPolicy"], "Retain");
+    assert_eq!(resource(&t, "TokenKey")["UpdateReplacePolicy"], "Retain");
+
+    let policy = &key["KeyPolicy"];
+    assert_eq!(policy["Version"], "2012-10-17");
+    let statements = as_list(&policy["Statement"]);
+    let allows: Vec<&Value> = statements.iter().filter(|s| s["Effect"] == "Allow").collect();
+    // Only the account: it administers the key and delegates use to IAM (function policies).
+    assert_eq!(allows.len(), 1);
+    assert_eq!(
+        allows[0]["Principal"],
+        json!({ "AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root") })
+    );
+    assert!(allows[0].get("Condition").is_none());
+    for statement in &statements {
+        assert!(
+            statement["Effect"] == "Deny" || statement["Principal"] != "*",
+            "an Allow to everyone: {statement}"
+        );
+    }
+}
+
+#[test]
+fn the_token_key_refuses_any_use_without_the_vaults_purpose() {
+    use shared::vault::{CONTEXT_PURPOSE, PURPOSE_REFRESH_TOKEN};
+    let t = template();
+    let statements = as_list(&properties(&t, "TokenKey")["KeyPolicy"]["Statement"]);
+    let deny = statements
+        .iter()
+        .find(|s| s["Effect"] == "Deny")
+        .expect("a Deny statement guarding the purpose");
+    assert_eq!(deny["Principal"], "*");
+    let actions: BTreeSet<String> = as_list(&deny["Action"])
+        .iter()
+        .map(|a| a.as_str().expect("an action").to_owned())
+        .collect();
+    for needed in [
+        "kms:Decrypt",
+        "kms:Encrypt",
+        "kms:GenerateDataKey*",
+        "kms:ReEncrypt*",
+    ] {
+        assert!(actions.contains(needed), "the guard misses {needed}");
+    }
+    // The condition names exactly the context the vault sends (shared::vault).
+    assert_eq!(
+        deny["Condition"],
+        json!({ "StringNotEquals": { format!("kms:EncryptionContext:{CONTEXT_PURPOSE}"): PURPOSE_REFRESH_TOKEN } })
+    );
+}
+
+#[test]
+fn the_token_key_alias_is_named_after_the_stack() {
+    let t = template();
+    assert_eq!(resource(&t, "TokenKeyAlias")["Type"], "AWS::KMS::Alias");
+    let alias = properties(&t, "TokenKeyAlias");
+    assert_eq!(alias["AliasName"], sub("alias/${AWS::StackName}-tokens"));
+    assert_eq!(alias["TargetKeyId"], reference("TokenKey"));
+}
+
+#[test]
+fn no_secret_is_written_into_the_template() {
+    let t = template();
+    // A secret's value is generated (GenerateSecretString) or given at deploy time as a NoEcho
+    // parameter, never written here.
+    for (id, _) in resources_of(&t, "AWS::SecretsManager::Secret") {
+        let Some(value) = properties(&t, id).get("SecretString") else {
+            continue;
+        };
+        let parameter = value["Ref"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id}: SecretString is written into the template"));
+        assert_eq!(
+            t["Parameters"][parameter]["NoEcho"], true,
+            "{id}: {parameter} would be echoed"
+        );
+        assert!(
+            t["Parameters"][parameter].get("Default").is_none(),
+            "{id}: {parameter} has a default"
+        );
+    }
+    for (id, _) in resources_of(&t, "AWS::KMS::Key") {
+        assert!(properties(&t, id).get("KeyMaterial").is_none(), "{id}");
+    }
+    // A function is told where a secret or key is (a reference), never its value.
+    for (id, _) in resources_of(&t, "AWS::Serverless::Function") {
+        let variables = properties(&t, id)["Environment"]["Variables"].clone();
+        for (name, value) in variables.as_object().into_iter().flatten() {
+            let upper = name.to_uppercase();
+            if ["SECRET", "TOKEN", "PASSWORD", "KEY"]
+                .iter()
+                .any(|w| upper.contains(w))
+            {
+                assert!(
+                    value.is_object(),
+                    "{id}: {name} is a literal; give a !Ref or !GetAtt to where it is kept"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn outputs_name_the_table_and_the_token_key() {
+    let t = template();
+    let outputs = &t["Outputs"];
+    assert_eq!(outputs["TableName"]["Value"], reference("Table"));
+    assert_eq!(outputs["TokenKeyArn"]["Value"], arn_of("TokenKey"));
+}
+
 // ---- outputs ------------------------------------------------------------------------------------
 
 #[test]
@@ -499,6 +710,8 @@ fn outputs_name_the_notification_urls() {
             "NotificationsQueueUrl",
             "NotificationsDeadLetterQueueUrl",
             "ClientStateKeysSecretArn",
+            "TableName",
+            "TokenKeyArn",
         ])
     );
     for (name, output) in outputs {

@@ -1,4 +1,5 @@
 //! The control API under `/_sim`: what tests and `make local` use to arrange the simulated world
+//! (users, tenants, apps, tokens, drive changes, faults, the clock, signing keys, auth failures)
 //! and to look inside it. Every route is a thin wrapper over a [`Sim`] method; request and response
 //! bodies are snake_case JSON, errors are `{"error":{"code","message"}}` (see the README).
 
@@ -13,10 +14,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::drive::{Item, ItemUpdate, NewItem};
+use crate::entra::jwt::{ApiToken, Audience, MintedToken, Tamper, TokenVersion};
+use crate::entra::keys::SigningKeyInfo;
+use crate::entra::{AuthFailure, RegisterApp, RegisteredApp, Repeat};
 use crate::errors::SimError;
 use crate::faults::Fault;
-use crate::identity::IssuedToken;
-use crate::sim::{CreatedUser, NewUser, Sim};
+use crate::identity::{IssuedToken, Tenant};
+use crate::sim::{CreatedUser, NewTenant, NewUser, Sim};
 use crate::subscriptions::LifecycleEvent;
 
 type ControlResult<T> = Result<T, SimError>;
@@ -27,6 +31,20 @@ pub(crate) fn router() -> Router<Sim> {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/users", post(create_user))
         .route("/users/{user_id}/token", post(issue_token))
+        .route("/users/{user_id}/api-token", post(mint_api_token))
+        .route(
+            "/users/{user_id}/auth-failure",
+            post(set_auth_failure).delete(clear_auth_failure),
+        )
+        .route(
+            "/users/{user_id}/revoke-refresh-tokens",
+            post(revoke_refresh_tokens),
+        )
+        .route("/tenants", post(create_tenant))
+        .route("/apps", get(apps).post(register_app))
+        .route("/keys", get(signing_keys))
+        .route("/keys/rotate", post(rotate_signing_key))
+        .route("/keys/retire", post(retire_old_signing_keys))
         .route("/drives/{drive_id}/items", post(create_item))
         .route(
             "/drives/{drive_id}/items/{item_id}",
@@ -88,6 +106,168 @@ async fn issue_token(
 ) -> ControlResult<Json<IssuedToken>> {
     let request: TokenRequest = optional_body(&body)?;
     Ok(Json(sim.issue_token(&user_id, request.app_id.as_deref())?))
+}
+
+async fn create_tenant(State(sim): State<Sim>, body: Bytes) -> ControlResult<(StatusCode, Json<Tenant>)> {
+    let request: NewTenant = optional_body(&body)?;
+    Ok((StatusCode::CREATED, Json(sim.create_tenant(request)?)))
+}
+
+async fn register_app(
+    State(sim): State<Sim>,
+    body: Bytes,
+) -> ControlResult<(StatusCode, Json<RegisteredApp>)> {
+    let request: RegisterApp = required_body(&body)?;
+    Ok((StatusCode::CREATED, Json(sim.register_app(request)?)))
+}
+
+async fn apps(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!({"value": sim.apps()}))
+}
+
+/// The body of `POST /_sim/users/{id}/api-token`; every field optional (see the README).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiTokenRequest {
+    #[serde(default)]
+    app_id: Option<String>,
+    /// `client_id`, `app_id_uri`, or any other string to put in `aud` verbatim.
+    #[serde(default)]
+    audience: Option<String>,
+    #[serde(default)]
+    version: Option<TokenVersion>,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    client_app_id: Option<String>,
+    #[serde(default)]
+    lifetime_seconds: Option<i64>,
+    #[serde(default)]
+    issued_at_offset_seconds: Option<i64>,
+    #[serde(default)]
+    not_before_offset_seconds: Option<i64>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    claims: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    remove_claims: Option<Vec<String>>,
+    #[serde(default)]
+    tamper: Option<Tamper>,
+}
+
+impl ApiTokenRequest {
+    fn into_spec(self, user_id: String) -> ApiToken {
+        let mut spec = ApiToken::new(user_id);
+        spec.app_id = self.app_id;
+        if let Some(version) = self.version {
+            spec.version = version;
+        }
+        spec.audience = match self.audience.as_deref() {
+            None | Some("client_id") => Audience::ClientId,
+            Some("app_id_uri") => Audience::AppIdUri,
+            Some(other) => Audience::Other(other.to_owned()),
+        };
+        if let Some(scopes) = self.scopes {
+            spec.scopes = scopes;
+        }
+        spec.client_app_id = self.client_app_id;
+        if let Some(seconds) = self.lifetime_seconds {
+            spec.lifetime = chrono::Duration::seconds(seconds);
+        }
+        if let Some(seconds) = self.issued_at_offset_seconds {
+            spec.issued_at_offset = chrono::Duration::seconds(seconds);
+        }
+        if let Some(seconds) = self.not_before_offset_seconds {
+            spec.not_before_offset = chrono::Duration::seconds(seconds);
+        }
+        spec.issuer = self.issuer;
+        spec.claims = self.claims.unwrap_or_default();
+        spec.remove_claims = self.remove_claims.unwrap_or_default();
+        spec.tamper = self.tamper;
+        spec
+    }
+}
+
+async fn mint_api_token(
+    State(sim): State<Sim>,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> ControlResult<Json<MintedToken>> {
+    let request: ApiTokenRequest = optional_body(&body)?;
+    Ok(Json(sim.mint_api_token(&request.into_spec(user_id))?))
+}
+
+/// The body of `POST /_sim/users/{id}/auth-failure`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFailureRequest {
+    /// `mfa_required`, `consent_required`, `inactive_refresh_token`, `interaction_required` or
+    /// `temporarily_unavailable`.
+    failure: String,
+    /// How many requests fail (default 1); ignored when `sticky`.
+    #[serde(default)]
+    count: Option<u32>,
+    #[serde(default)]
+    sticky: bool,
+    /// `temporarily_unavailable` only: answer 503 instead of 400.
+    #[serde(default)]
+    http_503: bool,
+    /// `temporarily_unavailable` only: a `Retry-After` in seconds.
+    #[serde(default)]
+    retry_after: Option<u64>,
+}
+
+async fn set_auth_failure(
+    State(sim): State<Sim>,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> ControlResult<StatusCode> {
+    let request: AuthFailureRequest = required_body(&body)?;
+    let failure = match request.failure.as_str() {
+        "mfa_required" => AuthFailure::MfaRequired,
+        "consent_required" => AuthFailure::ConsentRequired,
+        "inactive_refresh_token" => AuthFailure::InactiveRefreshToken,
+        "interaction_required" => AuthFailure::InteractionRequired,
+        "temporarily_unavailable" => AuthFailure::TemporarilyUnavailable {
+            http_503: request.http_503,
+            retry_after: request.retry_after,
+        },
+        other => return Err(SimError::BadRequest(format!("unknown failure '{other}'"))),
+    };
+    let repeat = if request.sticky {
+        Repeat::Sticky
+    } else {
+        Repeat::Times(request.count.unwrap_or(1))
+    };
+    sim.set_auth_failure(&user_id, failure, repeat)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_auth_failure(State(sim): State<Sim>, Path(user_id): Path<String>) -> StatusCode {
+    sim.clear_auth_failure(&user_id);
+    StatusCode::NO_CONTENT
+}
+
+async fn revoke_refresh_tokens(
+    State(sim): State<Sim>,
+    Path(user_id): Path<String>,
+) -> ControlResult<StatusCode> {
+    sim.revoke_refresh_tokens(&user_id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn signing_keys(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!({"keys": sim.signing_keys()}))
+}
+
+async fn rotate_signing_key(State(sim): State<Sim>) -> ControlResult<(StatusCode, Json<SigningKeyInfo>)> {
+    Ok((StatusCode::CREATED, Json(sim.rotate_signing_key()?)))
+}
+
+async fn retire_old_signing_keys(State(sim): State<Sim>) -> Json<Value> {
+    let retired = sim.retire_old_signing_keys();
+    Json(json!({"retired": retired, "keys": sim.signing_keys()}))
 }
 
 async fn create_item(

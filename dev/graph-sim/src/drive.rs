@@ -44,6 +44,44 @@ pub fn new_drive_id(business: bool) -> String {
     }
 }
 
+/// A position in a drive's change journal, as carried by a delta link's `token`: "every change
+/// with a larger sequence number is new to whoever holds this". Opaque outside the simulator
+/// (graph-protocol.md §5.1: links are followed verbatim); `token=latest` hands out the current
+/// position, and the full delta of a later issue serves the changes after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaToken {
+    pub drive_id: String,
+    /// The last journal sequence already seen (0: nothing).
+    pub seq: u64,
+}
+
+const DELTA_TOKEN_TAG: &str = "gsdelta1";
+
+impl DeltaToken {
+    /// The opaque form: base64url of `gsdelta1:{seq}:{drive id}`.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{DELTA_TOKEN_TAG}:{}:{}", self.seq, self.drive_id))
+    }
+
+    /// Reads a token this simulator encoded; `None` for anything else.
+    pub fn decode(token: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.trim())
+            .ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let mut parts = text.splitn(3, ':');
+        if parts.next()? != DELTA_TOKEN_TAG {
+            return None;
+        }
+        let seq = parts.next()?.parse().ok()?;
+        let drive_id = parts.next()?.to_owned();
+        Some(Self { drive_id, seq })
+    }
+}
+
 /// One file or folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Item {
@@ -218,6 +256,14 @@ impl Drive {
     /// The sequence number the next change will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The drive's current journal position, what `delta?token=latest` hands out.
+    pub fn latest_delta_token(&self) -> DeltaToken {
+        DeltaToken {
+            drive_id: self.id.clone(),
+            seq: self.next_seq.saturating_sub(1),
+        }
     }
 
     fn live(&self, id: &str) -> Result<&Item, SimError> {
@@ -433,6 +479,23 @@ mod tests {
             folder: true,
             size: 0,
         }
+    }
+
+    #[test]
+    fn a_delta_token_round_trips_and_tracks_the_journal() {
+        let now = Utc::now();
+        let mut drive = Drive::new("u", "t", true, now);
+        let before = drive.latest_delta_token();
+        drive.create_item(&file(None, "a.txt"), now).expect("create");
+        let after = drive.latest_delta_token();
+        assert_eq!(after.seq, before.seq + 1);
+        assert_eq!(
+            after.seq,
+            drive.journal().last().map(|entry| entry.seq).unwrap_or_default()
+        );
+        assert_eq!(DeltaToken::decode(&after.encode()), Some(after.clone()));
+        assert!(!after.encode().contains(&drive.id), "opaque");
+        assert_eq!(DeltaToken::decode("latest"), None);
     }
 
     #[test]

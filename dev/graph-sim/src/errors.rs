@@ -31,6 +31,8 @@ pub const MSG_VALIDATION_MISMATCH: &str =
 pub const MSG_QUOTA: &str = "Operation: Create; Exception: [Status Code: Forbidden; Reason: Maximum number of subscriptions has been reached]";
 /// A missing, unknown or expired bearer token.
 pub const MSG_TOKEN_INVALID: &str = "Access token has expired or is not yet valid.";
+/// `/me` called with an app-only token.
+pub const MSG_DELEGATED_ONLY: &str = "/me request is only valid with delegated authentication flow.";
 /// A resource that belongs to someone else.
 pub const MSG_ACCESS_DENIED: &str =
     "Access denied. You do not have permission to perform this action or access this resource.";
@@ -109,6 +111,16 @@ impl GraphError {
     /// 403 for a drive or item of another user.
     pub fn access_denied() -> Self {
         Self::new(StatusCode::FORBIDDEN, "accessDenied", MSG_ACCESS_DENIED)
+    }
+
+    /// 400 for `/me` with an app-only (client credentials) token: Graph's text.
+    pub fn delegated_only() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", MSG_DELEGATED_ONLY)
+    }
+
+    /// 501 for what the simulator does not do yet.
+    pub fn not_implemented(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "notImplemented", message)
     }
 
     /// 404 for a drive or item that does not exist.

@@ -1,9 +1,10 @@
 //! Who is calling: tenants, users and the opaque Graph access tokens the simulator issues.
 //!
 //! A token stands for (tenant, user, app): the user becomes a subscription's `creatorId`, the app
-//! its `applicationId` (graph-protocol.md §1.2). Tokens are minted in exactly one place,
-//! [`Identity::issue_token`], so the Entra on-behalf-of endpoint of a later issue can hand out the
-//! very same tokens. Expiry is judged on the simulated clock.
+//! its `applicationId` (graph-protocol.md §1.2). Delegated tokens are minted in exactly one place,
+//! [`Identity::issue_token`], which the control API and the Entra token endpoint (on-behalf-of,
+//! refresh) share; app-only tokens (client credentials) come from [`Identity::issue_app_token`].
+//! Expiry is judged on the simulated clock.
 
 use std::collections::HashMap;
 
@@ -17,7 +18,7 @@ pub const TOKEN_PREFIX: &str = "simgraph.";
 
 /// An Entra tenant. Business tenants get OneDrive for Business style drives (`b!...`), whose
 /// subscriptions are root-only (§1.4).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Tenant {
     pub id: String,
     pub business: bool,
@@ -29,6 +30,8 @@ pub struct User {
     pub id: String,
     pub tenant_id: String,
     pub display_name: String,
+    /// `upn` / `preferred_username` in minted API tokens.
+    pub user_principal_name: String,
     pub drive_id: String,
     /// The app a fresh token is issued for when the request names none.
     pub app_id: String,
@@ -41,6 +44,8 @@ pub struct Grant {
     pub user_id: String,
     pub app_id: String,
     pub expires_at: DateTime<Utc>,
+    /// An app-only token (client credentials): no user, `user_id` is empty.
+    pub app_only: bool,
 }
 
 /// A freshly issued token.
@@ -70,6 +75,40 @@ impl Identity {
         now: DateTime<Utc>,
         lifetime: chrono::Duration,
     ) -> IssuedToken {
+        self.insert(
+            Grant {
+                tenant_id: tenant_id.to_owned(),
+                user_id: user_id.to_owned(),
+                app_id: app_id.to_owned(),
+                expires_at: now + lifetime,
+                app_only: false,
+            },
+            now,
+        )
+    }
+
+    /// Mints an app-only token (client credentials) for `app_id` in `tenant_id`. Graph refuses
+    /// it on `/me` and on drives, as it does for personal drives.
+    pub fn issue_app_token(
+        &mut self,
+        tenant_id: &str,
+        app_id: &str,
+        now: DateTime<Utc>,
+        lifetime: chrono::Duration,
+    ) -> IssuedToken {
+        self.insert(
+            Grant {
+                tenant_id: tenant_id.to_owned(),
+                user_id: String::new(),
+                app_id: app_id.to_owned(),
+                expires_at: now + lifetime,
+                app_only: true,
+            },
+            now,
+        )
+    }
+
+    fn insert(&mut self, grant: Grant, now: DateTime<Utc>) -> IssuedToken {
         // Forget tokens that can never be valid again, so a long test run does not grow forever.
         self.tokens.retain(|_, grant| grant.expires_at > now);
         let access_token = format!(
@@ -77,16 +116,8 @@ impl Identity {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        let expires_at = now + lifetime;
-        self.tokens.insert(
-            access_token.clone(),
-            Grant {
-                tenant_id: tenant_id.to_owned(),
-                user_id: user_id.to_owned(),
-                app_id: app_id.to_owned(),
-                expires_at,
-            },
-        );
+        let expires_at = grant.expires_at;
+        self.tokens.insert(access_token.clone(), grant);
         IssuedToken {
             access_token,
             expires_at,

@@ -1,17 +1,21 @@
-//! graph-sim: a local Microsoft Graph simulator for graphfeed's tests and `make local`.
+//! graph-sim: a local Microsoft Graph and Entra ID simulator for graphfeed's tests and `make local`.
 //!
 //! It serves Graph under `/v1.0` (subscriptions with their real rules and error texts, the
-//! validation handshake, read-only drives) and a control API under `/_sim` (users and tokens, drive
-//! changes, the clock, faults, counters, the delivery log). Drive changes become change
-//! notifications delivered to webhooks with Graph's batching, deadlines, retries and throttling
-//! states. The rules come from `shared/reference/graph-protocol.md`; each module names its
-//! sections.
+//! validation handshake, read-only drives, `delta?token=latest`), Entra ID at the root of the
+//! same app (OIDC metadata, JWKS with key rotation, the token endpoint for on-behalf-of, refresh
+//! and client credentials; see [`entra`]) and a control API under `/_sim` (users, tenants, apps
+//! and tokens, drive changes, the clock, faults, injected auth failures, counters, the delivery
+//! log). Drive changes become change notifications delivered to webhooks with Graph's batching,
+//! deadlines, retries and throttling states. The rules come from
+//! `shared/reference/graph-protocol.md`; each module names its sections.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let running = graph_sim::start(graph_sim::SimConfig::default(), "127.0.0.1:0".parse()?).await?;
 //! let user = running.sim().create_user(graph_sim::NewUser::default())?;
-//! // ... point graphfeed at running.graph_base_url() with user.access_token ...
+//! // A user's token for graphfeed's API, as a client app would send it:
+//! let api_token = running.sim().mint_api_token(&graph_sim::ApiToken::new(&user.user_id))?;
+//! // ... point graphfeed at running.graph_base_url() and running.authority_host() ...
 //! running.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -22,6 +26,7 @@
 pub mod control;
 pub mod delivery;
 pub mod drive;
+pub mod entra;
 pub mod errors;
 pub mod faults;
 pub mod graph;
@@ -40,11 +45,18 @@ use chrono::Duration;
 use shared::clock::OffsetClock;
 
 pub use crate::delivery::{DeliveryAttempt, EndpointReport, NotificationKind, Outcome};
-pub use crate::drive::{Item, ItemUpdate, JournalEntry, NewItem};
+pub use crate::drive::{DeltaToken, Item, ItemUpdate, JournalEntry, NewItem};
+pub use crate::entra::errors::EntraError;
+pub use crate::entra::jwt::{ApiToken, Audience, MintedToken, Tamper, TokenVersion};
+pub use crate::entra::keys::SigningKeyInfo;
+pub use crate::entra::{
+    AuthFailure, CONSUMER_TENANT_ID, DEFAULT_API_SCOPE, DEFAULT_APP_ID_URI, DEFAULT_CLIENT_APP_ID,
+    DEFAULT_CLIENT_SECRET, RegisterApp, RegisteredApp, Repeat,
+};
 pub use crate::errors::SimError;
 pub use crate::faults::Fault;
-pub use crate::identity::{DEFAULT_APP_ID, IssuedToken};
-pub use crate::sim::{CreatedUser, NewUser, Sim};
+pub use crate::identity::{DEFAULT_APP_ID, IssuedToken, Tenant};
+pub use crate::sim::{CreatedUser, NewSimError, NewTenant, NewUser, Sim};
 pub use crate::state::Counters;
 pub use crate::subscriptions::{LifecycleEvent, Subscription};
 
@@ -83,6 +95,10 @@ pub struct Timing {
     pub drop_period: Duration,
     /// Sim-time lifetime of issued access tokens (1 h).
     pub token_lifetime: Duration,
+    /// How long a refresh token keeps working after a refresh redeemed it for a new one (sim
+    /// time, default 10 minutes); `None` keeps it working for good, as Entra does. See
+    /// [`entra`]'s rotation notes.
+    pub refresh_token_reuse_grace: Option<Duration>,
 }
 
 impl Default for Timing {
@@ -103,6 +119,7 @@ impl Default for Timing {
             slow_delay: Duration::minutes(10),
             drop_period: Duration::minutes(10),
             token_lifetime: Duration::hours(1),
+            refresh_token_reuse_grace: Some(Duration::minutes(10)),
         }
     }
 }
@@ -134,6 +151,9 @@ pub struct SimConfig {
     pub timing: Timing,
     /// Live subscriptions allowed per drive; `None` means no limit (§1.5 lists none for driveItem).
     pub max_subscriptions_per_drive: Option<usize>,
+    /// The base URL clients reach the simulator at (`http://graph-sim:8790`), used in Entra
+    /// issuers, metadata and delta links. `http://{bound address}` when `None`.
+    pub public_url: Option<String>,
 }
 
 /// Why the simulator could not start.
@@ -144,15 +164,17 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot build the HTTP client for webhooks: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Sim(#[from] NewSimError),
 }
 
-/// The whole HTTP app: Graph under `/v1.0`, control under `/_sim`.
+/// The whole HTTP app: Graph under `/v1.0`, control under `/_sim`, Entra at the root
+/// (`/{tenant}/...`).
 pub fn app(sim: Sim) -> Router {
     Router::new()
         .nest(graph::GRAPH_PREFIX, graph::router(sim.clone()))
         .nest("/_sim", control::router())
+        .merge(entra::http::router())
         .with_state(sim)
 }
 
@@ -169,13 +191,17 @@ pub struct RunningSim {
 
 /// Binds `listen` (use port 0 for any free port) and starts serving and delivering.
 pub async fn start(config: SimConfig, listen: SocketAddr) -> Result<RunningSim, StartError> {
-    let sim = Sim::new(config)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind { addr: listen, source })?;
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr: listen, source })?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let sim = Sim::new(config, &public_url)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = app(sim.clone());
     let server = tokio::spawn(async move {
@@ -206,14 +232,16 @@ impl RunningSim {
         self.addr
     }
 
-    /// `http://addr/v1.0`, the Graph base URL to give graphfeed.
+    /// `http://addr/v1.0` (or the configured public URL + `/v1.0`), the Graph base URL to give
+    /// graphfeed (`GRAPH_BASE_URL`).
     pub fn graph_base_url(&self) -> String {
-        format!("http://{}/v1.0", self.addr)
+        self.sim.graph_base_url().to_owned()
     }
 
-    /// `http://addr`, the Entra authority host a later issue serves token endpoints on.
+    /// `http://addr` (or the configured public URL), the Entra authority host to give graphfeed
+    /// (`ENTRA_AUTHORITY_HOST`).
     pub fn authority_host(&self) -> String {
-        format!("http://{}", self.addr)
+        self.sim.authority_host().to_owned()
     }
 
     /// `http://addr/_sim`, the control API.

@@ -1,4 +1,5 @@
-//! `graph-sim`: runs the Graph simulator until SIGTERM or Ctrl-C. Wiring only; see the library.
+//! `graph-sim`: runs the Graph and Entra simulator until SIGTERM or Ctrl-C. Wiring only; see the
+//! library.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
@@ -6,7 +7,8 @@ use std::net::SocketAddr;
 use clap::Parser;
 use graph_sim::{SimConfig, start};
 
-/// A local Microsoft Graph simulator: Graph under /v1.0, control under /_sim.
+/// A local Microsoft Graph and Entra ID simulator: Graph under /v1.0, Entra under /{tenant}/, control
+/// under /_sim.
 #[derive(Debug, Parser)]
 #[command(name = "graph-sim", version)]
 struct Args {
@@ -16,6 +18,10 @@ struct Args {
     /// Accept http:// notification URLs on 127.0.0.1, localhost and [::1] (Graph requires https).
     #[arg(long, env = "GRAPH_SIM_ALLOW_HTTP_LOOPBACK")]
     allow_http_loopback: bool,
+    /// The base URL clients reach the simulator at, for Entra issuers and delta links
+    /// (default: http://<bound address>).
+    #[arg(long, env = "GRAPH_SIM_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 #[tokio::main]
@@ -32,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let config = SimConfig {
         allow_http_loopback: args.allow_http_loopback,
+        public_url: args.public_url,
         ..SimConfig::default()
     };
     let running = start(config, args.listen).await?;

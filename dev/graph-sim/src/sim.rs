@@ -2,7 +2,7 @@
 //! endpoints (`/_sim/...`, [`crate::control`]) are thin wrappers around the same methods, so both
 //! ways of driving the simulator behave identically.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,11 @@ use crate::delivery::{
     self, AttemptResult, Batch, DeliveryAttempt, EndpointReport, NotificationKind, Outgoing,
 };
 use crate::drive::{Drive, Item, ItemUpdate, JournalEntry, NewItem};
+use crate::entra::jwt::{self, ApiToken, MintedToken, Subject};
+use crate::entra::keys::{KeyError, SigningKey, SigningKeyInfo};
+use crate::entra::{
+    self, AuthFailure, CONSUMER_TENANT_ID, Entra, RegisterApp, RegisteredApp, Repeat, Revocation,
+};
 use crate::errors::SimError;
 use crate::faults::Fault;
 use crate::identity::{DEFAULT_APP_ID, IssuedToken, Tenant, User};
@@ -33,9 +38,26 @@ pub struct NewUser {
     #[serde(default)]
     pub app_id: Option<String>,
     /// A business tenant (OneDrive for Business drive ids, root-only subscriptions). Only
-    /// meaningful for a new tenant; for an existing one it must match or be absent.
+    /// meaningful for a new tenant; for an existing one it must match or be absent. The consumer
+    /// tenant ([`CONSUMER_TENANT_ID`]) is always personal.
     #[serde(default)]
     pub business: Option<bool>,
+    /// `upn` / `preferred_username` in API tokens; `user-{8 hex}@{tenant 8 hex}.onmicrosoft.com`
+    /// (personal accounts: `@outlook.com`) when absent.
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+}
+
+/// A request to create a tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// A GUID; a new random one when absent.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Business (OneDrive for Business drives) or personal (OneDrive personal drives).
+    #[serde(default)]
+    pub business: bool,
 }
 
 /// What creating a user returns.
@@ -47,6 +69,7 @@ pub struct CreatedUser {
     pub root_id: String,
     pub app_id: String,
     pub business: bool,
+    pub user_principal_name: String,
     pub access_token: String,
     pub access_token_expires_at: DateTime<Utc>,
 }
@@ -67,9 +90,32 @@ impl std::fmt::Debug for Sim {
 
 struct Inner {
     config: SimConfig,
+    /// `http://host:port` as clients reach it: Entra issuers and delta links are built on it.
+    public_url: String,
+    graph_base_url: String,
+    /// The fixed development key, the first key of every (re)started key ring.
+    dev_key: SigningKey,
+    /// A key that is never published, for tokens signed by an unknown key. Made on first use.
+    rogue_key: OnceLock<SigningKey>,
     state: Mutex<State>,
     wake: Notify,
     http: reqwest::Client,
+}
+
+/// Why a simulator could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum NewSimError {
+    #[error("cannot build the HTTP client for webhooks: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("cannot load the development signing key: {0}")]
+    SigningKey(#[from] KeyError),
+}
+
+fn consumer_tenant_is_personal() -> SimError {
+    SimError::Conflict(format!(
+        "tenant {CONSUMER_TENANT_ID} is the consumer tenant of personal Microsoft accounts; it cannot be a \
+         business tenant"
+    ))
 }
 
 fn parse_guid(raw: &str, what: &str) -> Result<String, SimError> {
@@ -79,8 +125,10 @@ fn parse_guid(raw: &str, what: &str) -> Result<String, SimError> {
 }
 
 impl Sim {
-    /// A simulator with empty state. Fails only if the HTTP client cannot be built.
-    pub(crate) fn new(config: SimConfig) -> Result<Self, reqwest::Error> {
+    /// A simulator with empty state (the development signing key, the default app) reachable at
+    /// `public_url` (`http://host:port`). Fails only if the HTTP client cannot be built or the
+    /// development key cannot be read.
+    pub(crate) fn new(config: SimConfig, public_url: &str) -> Result<Self, NewSimError> {
         let http = reqwest::Client::builder()
             // Graph does not follow redirects on a webhook, and local runs must never be sent
             // through a proxy from the environment.
@@ -88,14 +136,40 @@ impl Sim {
             .no_proxy()
             .user_agent("graph-sim (Microsoft Graph simulator)")
             .build()?;
+        let dev_key = SigningKey::development(config.clock.now())?;
+        let public_url = public_url.trim_end_matches('/').to_owned();
         Ok(Self {
             inner: Arc::new(Inner {
+                graph_base_url: format!("{public_url}{}", crate::graph::GRAPH_PREFIX),
+                public_url,
+                state: Mutex::new(State::new(Entra::new(dev_key.clone()))),
+                dev_key,
+                rogue_key: OnceLock::new(),
                 config,
-                state: Mutex::new(State::default()),
                 wake: Notify::new(),
                 http,
             }),
         })
+    }
+
+    /// `http://host:port`, the Entra authority host (`ENTRA_AUTHORITY_HOST`).
+    pub fn authority_host(&self) -> &str {
+        &self.inner.public_url
+    }
+
+    /// `http://host:port/v1.0` (`GRAPH_BASE_URL`).
+    pub fn graph_base_url(&self) -> &str {
+        &self.inner.graph_base_url
+    }
+
+    /// The v2 issuer of a tenant's tokens: `{authority}/{tid}/v2.0`.
+    pub fn issuer_v2(&self, tenant_id: &str) -> String {
+        format!("{}/{tenant_id}/v2.0", self.inner.public_url)
+    }
+
+    /// The v1 issuer of a tenant's tokens: `https://sts.windows.net/{tid}/` (Entra's, verbatim).
+    pub fn issuer_v1(&self, tenant_id: &str) -> String {
+        jwt::issuer_v1(tenant_id)
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -150,6 +224,9 @@ impl Sim {
         };
         let now = self.now();
         let mut state = self.lock();
+        if tenant_id == CONSUMER_TENANT_ID && request.business == Some(true) {
+            return Err(consumer_tenant_is_personal());
+        }
         let business = match state.identity.tenants.get(&tenant_id) {
             Some(tenant) if request.business.is_some_and(|wanted| wanted != tenant.business) => {
                 return Err(SimError::Conflict(format!(
@@ -173,6 +250,13 @@ impl Sim {
                 business,
             });
         let user_id = uuid::Uuid::new_v4().to_string();
+        let user_principal_name = request.user_principal_name.clone().unwrap_or_else(|| {
+            if tenant_id == CONSUMER_TENANT_ID {
+                format!("user-{}@outlook.com", &user_id[..8])
+            } else {
+                format!("user-{}@{}.onmicrosoft.com", &user_id[..8], &tenant_id[..8])
+            }
+        });
         let drive = Drive::new(&user_id, &tenant_id, business, now);
         let (drive_id, root_id) = (drive.id.clone(), drive.root_id.clone());
         state.drives.insert(drive_id.clone(), drive);
@@ -185,6 +269,7 @@ impl Sim {
                     .display_name
                     .clone()
                     .unwrap_or_else(|| "Simulated User".to_owned()),
+                user_principal_name: user_principal_name.clone(),
                 drive_id: drive_id.clone(),
                 app_id: app_id.clone(),
             },
@@ -203,6 +288,7 @@ impl Sim {
             root_id,
             app_id,
             business,
+            user_principal_name,
             access_token: token.access_token,
             access_token_expires_at: token.expires_at,
         })
@@ -224,6 +310,162 @@ impl Sim {
         Ok(state
             .identity
             .issue_token(&user.tenant_id, &user.id, &app_id, now, lifetime))
+    }
+
+    /// Creates a tenant (business or personal) with no users yet. An existing tenant of the same
+    /// kind is returned as it is; one of the other kind is a conflict.
+    pub fn create_tenant(&self, request: NewTenant) -> Result<Tenant, SimError> {
+        let tenant_id = match &request.tenant_id {
+            Some(raw) => parse_guid(raw, "tenant_id")?,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        if tenant_id == CONSUMER_TENANT_ID && request.business {
+            return Err(consumer_tenant_is_personal());
+        }
+        let mut state = self.lock();
+        let tenant = state
+            .identity
+            .tenants
+            .entry(tenant_id.clone())
+            .or_insert_with(|| Tenant {
+                id: tenant_id.clone(),
+                business: request.business,
+            });
+        if tenant.business != request.business {
+            return Err(SimError::Conflict(format!(
+                "tenant {tenant_id} exists and is {}",
+                if tenant.business {
+                    "a business tenant"
+                } else {
+                    "a personal tenant"
+                }
+            )));
+        }
+        Ok(tenant.clone())
+    }
+
+    /// Registers an API app (graphfeed's middle tier), or replaces the one with the same client
+    /// id. The default app ([`RegisterApp::default`]) is always registered at start and reset.
+    pub fn register_app(&self, request: RegisterApp) -> Result<RegisteredApp, SimError> {
+        self.lock().entra.register_app(request)
+    }
+
+    /// Every registered app.
+    pub fn apps(&self) -> Vec<RegisteredApp> {
+        self.lock().entra.apps.values().cloned().collect()
+    }
+
+    /// Mints a user's access token for graphfeed's API, signed with the current key (or wrong
+    /// in the one way `spec` asks). Times come from the sim clock.
+    pub fn mint_api_token(&self, spec: &ApiToken) -> Result<MintedToken, SimError> {
+        let now = self.now();
+        let (claims, expires_at, current) = {
+            let mut state = self.lock();
+            let user = state
+                .identity
+                .users
+                .get(&spec.user_id)
+                .cloned()
+                .ok_or_else(|| SimError::NotFound(format!("user {} not found", spec.user_id)))?;
+            let app_id = spec.app_id.as_deref().unwrap_or(crate::DEFAULT_APP_ID);
+            let app = state
+                .entra
+                .app(app_id)
+                .cloned()
+                .ok_or_else(|| SimError::NotFound(format!("app {app_id} is not registered")))?;
+            let subject = Subject {
+                tenant_id: &user.tenant_id,
+                user_id: &user.id,
+                display_name: &user.display_name,
+                user_principal_name: &user.user_principal_name,
+                api_client_id: &app.client_id,
+                app_id_uri: &app.app_id_uri,
+                issuer_v2: self.issuer_v2(&user.tenant_id),
+            };
+            let (claims, expires_at) = jwt::claims(spec, &subject, now);
+            state.counters.api_tokens_minted += 1;
+            (claims, expires_at, state.entra.keys.current().clone())
+        };
+        let rogue = self.rogue_key()?;
+        let (token, header) = jwt::sign(spec, claims.clone(), &current, &rogue)
+            .map_err(|error| SimError::BadRequest(format!("cannot sign: {error}")))?;
+        Ok(MintedToken {
+            token,
+            header,
+            claims: serde_json::Value::Object(claims),
+            expires_at,
+        })
+    }
+
+    fn rogue_key(&self) -> Result<SigningKey, SimError> {
+        if let Some(key) = self.inner.rogue_key.get() {
+            return Ok(key.clone());
+        }
+        let key = SigningKey::generate(self.now())
+            .map_err(|error| SimError::BadRequest(format!("cannot make a key: {error}")))?;
+        Ok(self.inner.rogue_key.get_or_init(|| key).clone())
+    }
+
+    /// Publishes a new RSA-2048 key and signs with it from now on; the previous keys stay in the
+    /// JWKS until [`Sim::retire_old_signing_keys`]. Returns the new key.
+    pub fn rotate_signing_key(&self) -> Result<SigningKeyInfo, SimError> {
+        let key = SigningKey::generate(self.now())
+            .map_err(|error| SimError::BadRequest(format!("cannot make a key: {error}")))?;
+        Ok(self.lock().entra.keys.rotate(key))
+    }
+
+    /// Unpublishes every key but the signing one; returns the keys removed.
+    pub fn retire_old_signing_keys(&self) -> Vec<SigningKeyInfo> {
+        self.lock().entra.keys.retire_old()
+    }
+
+    /// The published keys, oldest first (`current` marks the signing one).
+    pub fn signing_keys(&self) -> Vec<SigningKeyInfo> {
+        self.lock().entra.keys.infos()
+    }
+
+    /// Makes the token endpoint fail this user's on-behalf-of and refresh requests with
+    /// `failure`, `repeat` times or until cleared (replacing any failure armed before).
+    pub fn set_auth_failure(
+        &self,
+        user_id: &str,
+        failure: AuthFailure,
+        repeat: Repeat,
+    ) -> Result<(), SimError> {
+        let mut state = self.lock();
+        if !state.identity.users.contains_key(user_id) {
+            return Err(SimError::NotFound(format!("user {user_id} not found")));
+        }
+        let remaining = match repeat {
+            Repeat::Times(times) => Some(times),
+            Repeat::Sticky => None,
+        };
+        entra::grants::arm_failure(&mut state, user_id, failure, remaining);
+        Ok(())
+    }
+
+    /// Disarms the user's injected failure, if any.
+    pub fn clear_auth_failure(&self, user_id: &str) {
+        self.lock().entra.failures.remove(user_id);
+    }
+
+    /// Revokes every refresh token issued to the user so far (like "revoke sessions" or a
+    /// password reset): they fail with `invalid_grant` AADSTS50173. Later grants work.
+    pub fn revoke_refresh_tokens(&self, user_id: &str) -> Result<(), SimError> {
+        let now = self.now();
+        let mut state = self.lock();
+        if !state.identity.users.contains_key(user_id) {
+            return Err(SimError::NotFound(format!("user {user_id} not found")));
+        }
+        let through_serial = state.entra.next_serial.saturating_sub(1);
+        state.entra.revocations.insert(
+            user_id.to_owned(),
+            Revocation {
+                through_serial,
+                at: now,
+            },
+        );
+        Ok(())
     }
 
     /// Applies a change to a drive and queues the notifications it causes.
@@ -389,15 +631,15 @@ impl Sim {
         self.lock().deliveries.outstanding()
     }
 
-    /// Forgets everything: users, tokens, drives, subscriptions, notifications, faults, counters.
-    /// The clock is not moved back (time never runs backwards).
+    /// Forgets everything: users, tokens, drives, subscriptions, notifications, faults, counters,
+    /// registered apps, refresh tokens, injected auth failures and rotated keys (the key ring
+    /// starts again from the development key, the default app is registered again). The clock
+    /// is not moved back (time never runs backwards).
     pub fn reset(&self) {
+        let mut fresh = State::new(Entra::new(self.inner.dev_key.clone()));
         let mut state = self.lock();
-        let generation = state.generation + 1;
-        *state = State {
-            generation,
-            ..State::default()
-        };
+        fresh.generation = state.generation + 1;
+        *state = fresh;
     }
 
     /// Takes the batches that are due now (for the delivery task).

@@ -1,5 +1,6 @@
-//! Everything the simulator remembers, behind one lock: identities, drives, subscriptions, the
-//! delivery outbox and log, faults and counters.
+//! Everything the simulator remembers, behind one lock: identities, Entra (keys, apps, refresh
+//! tokens, injected failures), drives, subscriptions, the delivery outbox and log, faults and
+//! counters.
 //!
 //! The lock is a `std::sync::Mutex` held only for short, synchronous sections; no `.await` happens
 //! while it is held (HTTP calls such as the validation handshake run between two sections).
@@ -12,6 +13,7 @@ use serde::Serialize;
 use crate::Timing;
 use crate::delivery::{Deliveries, NotificationKind, Outgoing};
 use crate::drive::{Change, Drive};
+use crate::entra::Entra;
 use crate::faults::Fault;
 use crate::identity::Identity;
 use crate::subscriptions::Subscription;
@@ -50,14 +52,26 @@ pub struct Counters {
     pub delivery_failures: u64,
     /// Timed-out POSTs whose answer came later.
     pub late_answers: u64,
+    /// OIDC metadata documents served (v1 and v2 paths).
+    pub oidc_metadata_fetches: u64,
+    /// JWKS documents served (v1 and v2 key paths).
+    pub jwks_fetches: u64,
+    /// Token endpoint calls by grant: `on_behalf_of`, `refresh_token`, `client_credentials`,
+    /// another `grant_type` verbatim, or `(missing)`. Failed calls count too.
+    pub token_requests: BTreeMap<String, u64>,
+    /// Token endpoint refusals by Entra `error` (`invalid_grant`, `invalid_client`, ...).
+    pub token_errors: BTreeMap<String, u64>,
+    /// API access tokens minted through [`crate::Sim::mint_api_token`] or the control API.
+    pub api_tokens_minted: u64,
 }
 
 /// The simulator's whole state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     /// Bumped by a reset, so attempts in flight across it are ignored when they finish.
     pub generation: u64,
     pub identity: Identity,
+    pub entra: Entra,
     pub drives: HashMap<String, Drive>,
     pub subscriptions: HashMap<String, Subscription>,
     pub deliveries: Deliveries,
@@ -66,6 +80,20 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Empty state, with Entra's first key and default app.
+    pub fn new(entra: Entra) -> Self {
+        Self {
+            generation: 0,
+            identity: Identity::default(),
+            entra,
+            drives: HashMap::new(),
+            subscriptions: HashMap::new(),
+            deliveries: Deliveries::default(),
+            faults: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
     /// Forgets subscriptions whose expiry the clock has passed: Graph deletes them (§1.6), and from
     /// then on they are 404 and get no notifications.
     pub fn purge_expired(&mut self, now: DateTime<Utc>) {

@@ -342,6 +342,15 @@ pub fn resolve_resource(
 ) -> Result<Target, GraphError> {
     let unsupported = || GraphError::invalid_request(errors::unsupported_resource_message(resource));
     let (drive_ref, item_ref) = parse_resource(resource).ok_or_else(unsupported)?;
+    if caller.app_only {
+        // No user behind the token: `/me` is meaningless and drives are refused, as Graph does
+        // for personal drives.
+        return Err(if drive_ref == DriveRef::Me {
+            GraphError::delegated_only()
+        } else {
+            GraphError::access_denied()
+        });
+    }
     let drive = match drive_ref {
         DriveRef::Me => identity
             .users
@@ -597,6 +606,7 @@ mod tests {
                 id: "user-1".to_owned(),
                 tenant_id: "tenant-1".to_owned(),
                 display_name: "One".to_owned(),
+                user_principal_name: "one@example.com".to_owned(),
                 drive_id: drive.id.clone(),
                 app_id: "app".to_owned(),
             },
@@ -606,6 +616,7 @@ mod tests {
             user_id: "user-1".to_owned(),
             app_id: "app".to_owned(),
             expires_at: now + Duration::hours(1),
+            app_only: false,
         };
         let mut drives = HashMap::new();
         drives.insert(drive.id.clone(), drive.clone());

@@ -30,6 +30,12 @@ impl HttpFunction for notify::Notify {
     }
 }
 
+impl HttpFunction for connect::Connect {
+    fn call(&self, request: Request) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(request))
+    }
+}
+
 /// Why the routes could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

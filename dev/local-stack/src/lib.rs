@@ -45,6 +45,19 @@ pub async fn local_aws(endpoint: &str, region: &str) -> aws_config::SdkConfig {
     loader.load().await
 }
 
+/// The template parameters a local stack runs with: graph-sim's default API app, multi-tenant
+/// (graph-sim makes a new tenant per user).
+pub fn local_parameters() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("EntraTenantId".to_owned(), "organizations".to_owned()),
+        ("EntraClientId".to_owned(), graph_sim::DEFAULT_APP_ID.to_owned()),
+        (
+            "EntraClientSecret".to_owned(),
+            graph_sim::DEFAULT_CLIENT_SECRET.to_owned(),
+        ),
+    ])
+}
+
 /// What to serve.
 pub struct ServeConfig {
     /// Where to listen; port 0 picks one.
@@ -57,6 +70,8 @@ pub struct ServeConfig {
     pub overrides: Env,
     /// Secret values to store instead of generating them (logical id → value).
     pub secret_values: BTreeMap<String, String>,
+    /// Template parameter values ([`local_parameters`] for graph-sim).
+    pub parameters: BTreeMap<String, String>,
     pub clock: SharedClock,
 }
 
@@ -66,6 +81,8 @@ pub struct Running {
     pub stack: Stack,
     /// The environment notify was built from.
     pub notify_env: Env,
+    /// The environment connect was built from.
+    pub connect_env: Env,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -90,6 +107,8 @@ pub enum ServeError {
     #[error(transparent)]
     Notify(#[from] notify::StartupError),
     #[error(transparent)]
+    Connect(#[from] connect::StartupError),
+    #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
@@ -102,25 +121,38 @@ pub async fn serve(template: &Template, config: ServeConfig) -> Result<Running, 
         stack: config.stack.clone(),
         region: config.region.clone(),
         secret_values: config.secret_values.clone(),
+        parameters: config.parameters.clone(),
     };
     let stack = bootstrap::bootstrap(template, &config.aws, &options).await?;
 
-    let notify_env = function_env(&stack, template, "NotifyFunction", &config.overrides)?;
-    let notify = notify::wire(&notify_env, &config.aws, config.clock.clone()).await?;
-    let mut functions: HashMap<String, Arc<dyn HttpFunction>> = HashMap::new();
-    functions.insert("NotifyFunction".into(), Arc::new(notify));
-
-    let router = gateway::router(&template.http_routes(), &functions)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ServeError::Listen {
-            addr: config.listen,
-            reason: e.to_string(),
-        })?;
-    let addr = listener.local_addr().map_err(|e| ServeError::Listen {
+    // Bind first: the notification URLs default to this server's own routes.
+    let listen_error = |e: std::io::Error| ServeError::Listen {
         addr: config.listen,
         reason: e.to_string(),
-    })?;
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let mut overrides = config.overrides.clone();
+    for (var, path) in [
+        ("NOTIFICATION_URL", "/notifications"),
+        ("LIFECYCLE_NOTIFICATION_URL", "/lifecycle"),
+    ] {
+        if overrides.get(var).is_none() {
+            overrides = overrides.with(var, &format!("http://{addr}{path}"));
+        }
+    }
+
+    let notify_env = function_env(&stack, template, "NotifyFunction", &overrides)?;
+    let notify = notify::wire(&notify_env, &config.aws, config.clock.clone()).await?;
+    let connect_env = function_env(&stack, template, "ConnectFunction", &overrides)?;
+    let connect = connect::wire(&connect_env, &config.aws, config.clock.clone()).await?;
+    let mut functions: HashMap<String, Arc<dyn HttpFunction>> = HashMap::new();
+    functions.insert("NotifyFunction".into(), Arc::new(notify));
+    functions.insert("ConnectFunction".into(), Arc::new(connect));
+
+    let router = gateway::router(&template.http_routes(), &functions)?;
     let server = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "the local HTTP API stopped");
@@ -130,6 +162,7 @@ pub async fn serve(template: &Template, config: ServeConfig) -> Result<Running, 
         addr,
         stack,
         notify_env,
+        connect_env,
         server,
     })
 }

@@ -130,6 +130,7 @@ async fn main() -> Result<()> {
             aws: aws.clone(),
             overrides,
             secret_values: BTreeMap::from([("ClientStateKeysSecret".to_owned(), dev_ring)]),
+            parameters: local_stack::local_parameters(),
             clock: shared_clock,
         },
     )

@@ -41,6 +41,7 @@ pub struct Physical {
 #[derive(Debug, Clone)]
 pub struct Template {
     resources: BTreeMap<String, Value>,
+    parameter_defaults: BTreeMap<String, String>,
 }
 
 impl Template {
@@ -66,7 +67,30 @@ impl Template {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.clone())))
             .collect();
-        Ok(Self { resources })
+        let parameter_defaults = doc
+            .get("Parameters")
+            .and_then(Value::as_mapping)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let default = match v.get("Default")? {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => return None,
+                };
+                Some((k.as_str()?.to_owned(), default))
+            })
+            .collect();
+        Ok(Self {
+            resources,
+            parameter_defaults,
+        })
+    }
+
+    /// Every parameter that has a `Default`, with it.
+    pub fn parameter_defaults(&self) -> BTreeMap<String, String> {
+        self.parameter_defaults.clone()
     }
 
     /// `(logical id, properties)` of every resource of `kind`, in logical-id order.

@@ -1,9 +1,12 @@
 //! Read-only drive endpoints: `me/drive`, `drives/{id}`, their roots and items by id, in Graph's
-//! `drive` and `driveItem` shapes. Only the owner may read a drive. `delta` and uploads come in a
-//! later issue and will live beside these.
+//! `drive` and `driveItem` shapes, and `root/delta?token=latest`. Only the owner may read a drive;
+//! app-only tokens are refused. Full delta paging and uploads come in a later issue and will live
+//! beside these.
+
+use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
 
 use super::{Caller, ODATA_BASE};
@@ -77,6 +80,9 @@ fn owned_drive<'a>(state: &'a SimState, drive_id: &str, caller: &Grant) -> Graph
 }
 
 fn my_drive_id(state: &SimState, caller: &Grant) -> GraphResult<String> {
+    if caller.app_only {
+        return Err(GraphError::delegated_only());
+    }
     state
         .identity
         .users
@@ -140,4 +146,46 @@ pub(crate) async fn item(
         .filter(|item| !item.deleted)
         .ok_or_else(GraphError::item_not_found)?;
     Ok(Json(item_json(drive, item)))
+}
+
+/// `delta` with `token=latest` (graph-protocol.md §5.1): no items, and a deltaLink whose token is
+/// the drive's current journal position. Any other token (or none) is not simulated yet: 501.
+fn latest_delta(sim: &Sim, drive: &Drive, query: &HashMap<String, String>) -> GraphResult<Json<Value>> {
+    match query.get("token").map(String::as_str) {
+        Some("latest") => Ok(Json(json!({
+            "@odata.context": format!("{ODATA_BASE}#Collection(driveItem)"),
+            "value": [],
+            "@odata.deltaLink": format!(
+                "{}/drives/{}/root/delta?token={}",
+                sim.graph_base_url(),
+                drive.id,
+                drive.latest_delta_token().encode()
+            ),
+        }))),
+        _ => Err(GraphError::not_implemented(
+            "graph-sim serves delta only with token=latest so far.",
+        )),
+    }
+}
+
+/// `GET /me/drive/root/delta`.
+pub(crate) async fn my_delta(
+    State(sim): State<Sim>,
+    Caller(caller): Caller,
+    Query(query): Query<HashMap<String, String>>,
+) -> GraphResult<Json<Value>> {
+    let state = sim.lock();
+    let drive_id = my_drive_id(&state, &caller)?;
+    latest_delta(&sim, owned_drive(&state, &drive_id, &caller)?, &query)
+}
+
+/// `GET /drives/{drive_id}/root/delta`.
+pub(crate) async fn delta(
+    State(sim): State<Sim>,
+    Caller(caller): Caller,
+    Path(drive_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> GraphResult<Json<Value>> {
+    let state = sim.lock();
+    latest_delta(&sim, owned_drive(&state, &drive_id, &caller)?, &query)
 }

@@ -318,3 +318,124 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// An HTTP answer: status, headers and the JSON body (`Null` when empty).
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
+async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("json body, got {text}"))
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("client")
+}
+
+/// `GET {authority}{path}`.
+pub async fn get_json(running: &RunningSim, path: &str) -> Answer {
+    answer(
+        http()
+            .get(format!("{}{path}", running.authority_host()))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await
+}
+
+/// A form POST to `{authority}/{tenant}/oauth2/v2.0/token`.
+pub async fn token_request(running: &RunningSim, tenant: &str, form: &[(&str, &str)]) -> Answer {
+    token_request_with(running, tenant, form, |request| request).await
+}
+
+pub async fn token_request_with(
+    running: &RunningSim,
+    tenant: &str,
+    form: &[(&str, &str)],
+    adjust: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> Answer {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.iter())
+        .finish();
+    let request = http()
+        .post(format!("{}/{tenant}/oauth2/v2.0/token", running.authority_host()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    answer(adjust(request).send().await.expect("answer")).await
+}
+
+/// The form of an on-behalf-of request by the default app.
+pub fn obo_form<'a>(assertion: &'a str, scope: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+        ("client_id", graph_sim::DEFAULT_APP_ID),
+        ("client_secret", graph_sim::DEFAULT_CLIENT_SECRET),
+        ("assertion", assertion),
+        ("scope", scope),
+        ("requested_token_use", "on_behalf_of"),
+    ]
+}
+
+/// The form of a refresh request by the default app.
+pub fn refresh_form(refresh_token: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("grant_type", "refresh_token"),
+        ("client_id", graph_sim::DEFAULT_APP_ID),
+        ("client_secret", graph_sim::DEFAULT_CLIENT_SECRET),
+        ("refresh_token", refresh_token),
+        (
+            "scope",
+            "https://graph.microsoft.com/Files.Read.All offline_access",
+        ),
+    ]
+}
+
+/// Asserts Entra's error shape and returns (error, AADSTS code, description).
+pub fn entra_error(answer: &Answer) -> (String, u64, String) {
+    let body = &answer.body;
+    for field in [
+        "timestamp",
+        "trace_id",
+        "correlation_id",
+        "error_uri",
+        "error_description",
+    ] {
+        assert!(body[field].is_string(), "{field} missing in {body}");
+    }
+    let code = body["error_codes"][0].as_u64().expect("error_codes");
+    let description = body["error_description"]
+        .as_str()
+        .expect("description")
+        .to_owned();
+    assert!(
+        description.starts_with(&format!("AADSTS{code}: ")),
+        "description starts with the code: {description}"
+    );
+    assert!(description.contains("\r\nTrace ID: "), "{description}");
+    (
+        body["error"].as_str().expect("error").to_owned(),
+        code,
+        description,
+    )
+}

@@ -1,0 +1,1 @@
+kEUJJVFefrdVuHEmc5B6EySMBgo
