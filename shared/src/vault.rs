@@ -37,8 +37,9 @@
 //! `Debug` here shows a token, and nothing logs one.
 //!
 //! **Crypto-shred.** [`TokenVault::shred`] deletes the record: the data key only ever existed
-//! encrypted in that record, so the ciphertext is gone for good, even from backups' point of view
-//! once the item is gone from point-in-time recovery's window.
+//! encrypted in that record, so nothing left anywhere can open the token. (A point-in-time
+//! restore of the table could bring the record back during PITR's window, 35 days at most; no
+//! running function reads a restored copy, which lands in a new table.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -101,6 +101,8 @@ pub struct TestStack {
     pub running: Running,
     pub aws: aws_config::SdkConfig,
     pub clock: OffsetClock,
+    /// The Graph and Entra the stack's functions talk to.
+    pub sim: graph_sim::RunningSim,
 }
 
 /// How to start a [`TestStack`].
@@ -133,7 +135,10 @@ impl TestStack {
         init_logs();
         let notify_aws = aws_at(&options.endpoint).await;
         let template = Template::repository().unwrap();
-        let overrides = Env::from_pairs(options.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let sim = start_sim(&options.clock).await;
+        let overrides = Env::from_pairs(options.overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .with("GRAPH_BASE_URL", &sim.graph_base_url())
+            .with("ENTRA_AUTHORITY_HOST", &sim.authority_host());
         let running = local_stack::serve(
             &template,
             ServeConfig {
@@ -155,6 +160,7 @@ impl TestStack {
             running,
             aws,
             clock: options.clock,
+            sim,
         }
     }
 

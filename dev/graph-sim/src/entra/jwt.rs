@@ -85,6 +85,13 @@ pub struct ApiToken {
     pub tamper: Option<Tamper>,
 }
 
+impl Default for ApiToken {
+    /// [`ApiToken::new`] with an empty `user_id`, for `ApiToken { user_id, ..Default::default() }`.
+    fn default() -> Self {
+        Self::new(String::new())
+    }
+}
+
 impl ApiToken {
     /// A valid v2 token for `user_id`, audience the default API app's client id, scope
     /// `access_as_user`, valid for one hour from the sim's now.

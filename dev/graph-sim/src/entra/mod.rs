@@ -125,15 +125,17 @@ fn default_api_scope() -> String {
 }
 
 impl Default for RegisterApp {
-    /// The default app of `make local`: [`DEFAULT_APP_ID`], [`DEFAULT_CLIENT_SECRET`],
-    /// [`DEFAULT_APP_ID_URI`].
+    /// The default app of `make local`: [`DEFAULT_APP_ID`], [`DEFAULT_CLIENT_SECRET`], and (as
+    /// for any app without one) the App ID URI `api://{client id}` = [`DEFAULT_APP_ID_URI`]. So
+    /// `RegisterApp { client_id, client_secret, ..Default::default() }` describes another app
+    /// with its own URI.
     fn default() -> Self {
         Self {
             client_id: DEFAULT_APP_ID.to_owned(),
             client_secret: DEFAULT_CLIENT_SECRET.to_owned(),
-            app_id_uri: Some(DEFAULT_APP_ID_URI.to_owned()),
+            app_id_uri: None,
             api_scope: DEFAULT_API_SCOPE.to_owned(),
-            display_name: Some(DEFAULT_APP_NAME.to_owned()),
+            display_name: None,
         }
     }
 }
@@ -249,7 +251,11 @@ impl Entra {
     /// The development key as the only key, and the default app registered.
     pub fn new(first_key: SigningKey) -> Self {
         let mut apps = BTreeMap::new();
-        if let Ok(app) = RegisterApp::default().into_registered() {
+        let default_app = RegisterApp {
+            display_name: Some(DEFAULT_APP_NAME.to_owned()),
+            ..RegisterApp::default()
+        };
+        if let Ok(app) = default_app.into_registered() {
             apps.insert(app.client_id.clone(), app);
         }
         Self {
@@ -262,9 +268,17 @@ impl Entra {
         }
     }
 
-    /// Registers (or replaces) an app.
+    /// Registers (or replaces) an app. Two apps cannot share an App ID URI.
     pub fn register_app(&mut self, request: RegisterApp) -> Result<RegisteredApp, SimError> {
         let app = request.into_registered()?;
+        if let Some(other) = self.apps.values().find(|other| {
+            other.client_id != app.client_id && other.app_id_uri.eq_ignore_ascii_case(&app.app_id_uri)
+        }) {
+            return Err(SimError::Conflict(format!(
+                "app {} already uses the App ID URI {}",
+                other.client_id, app.app_id_uri
+            )));
+        }
         self.apps.insert(app.client_id.clone(), app.clone());
         Ok(app)
     }
@@ -305,5 +319,33 @@ mod tests {
         let app = entra.app(DEFAULT_APP_ID_URI).expect("found by URI");
         assert_eq!(app.client_id, DEFAULT_APP_ID);
         assert_eq!(app.client_secret, DEFAULT_CLIENT_SECRET);
+        assert_eq!(app.display_name, DEFAULT_APP_NAME);
+    }
+
+    #[test]
+    fn another_app_gets_its_own_uri_and_cannot_take_one_in_use() {
+        let mut entra = Entra::new(SigningKey::development(Utc::now()).expect("dev key"));
+        let other = entra
+            .register_app(RegisterApp {
+                client_id: "11111111-2222-3333-4444-555555555555".to_owned(),
+                client_secret: "s".to_owned(),
+                ..RegisterApp::default()
+            })
+            .expect("registered");
+        assert_eq!(other.app_id_uri, "api://11111111-2222-3333-4444-555555555555");
+        let clash = entra.register_app(RegisterApp {
+            client_id: "66666666-2222-3333-4444-555555555555".to_owned(),
+            client_secret: "s".to_owned(),
+            app_id_uri: Some(DEFAULT_APP_ID_URI.to_owned()),
+            ..RegisterApp::default()
+        });
+        assert!(matches!(clash, Err(SimError::Conflict(_))));
+        assert!(matches!(
+            entra.register_app(RegisterApp {
+                client_id: "not-a-guid".to_owned(),
+                ..RegisterApp::default()
+            }),
+            Err(SimError::BadRequest(_))
+        ));
     }
 }

@@ -1,0 +1,307 @@
+//! connect end to end, against graph-sim (Graph and Entra) and moto: a signed-in user's token
+//! becomes a live subscription (through a real handshake with the local notify), an encrypted
+//! refresh token and a queued baseline; each error maps to an answer the client can act on;
+//! disconnect undoes it all.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use graph_sim::{ApiToken, AuthFailure, Repeat, Tamper};
+use graphfeed_tests::TestStack;
+use shared::envelope::Kind;
+use shared::ids::UserKey;
+use shared::vault::TokenVault;
+
+struct User {
+    created: graph_sim::CreatedUser,
+    token: String,
+}
+
+fn new_user(stack: &TestStack) -> User {
+    let created = stack
+        .sim
+        .sim()
+        .create_user(graph_sim::NewUser::default())
+        .unwrap();
+    let token = stack
+        .sim
+        .sim()
+        .mint_api_token(&ApiToken::new(created.user_id.clone()))
+        .unwrap()
+        .token;
+    User { created, token }
+}
+
+async fn call(stack: &TestStack, method: reqwest::Method, token: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new().request(method, stack.url("/connect"));
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    request.send().await.unwrap()
+}
+
+fn live_subscriptions(stack: &TestStack, user: &User) -> Vec<graph_sim::Subscription> {
+    stack
+        .sim
+        .sim()
+        .subscriptions()
+        .into_iter()
+        .filter(|s| s.creator_id == user.created.user_id)
+        .collect()
+}
+
+fn user_key(user: &User) -> UserKey {
+    UserKey::new(
+        shared::ids::TenantId::parse(&user.created.tenant_id).unwrap(),
+        shared::ids::ObjectId::parse(&user.created.user_id).unwrap(),
+    )
+}
+
+fn vault(stack: &TestStack) -> shared::vault::KmsDynamoVault {
+    let env = &stack.running.connect_env;
+    let config = shared::vault::VaultConfig::from_env(env).unwrap();
+    shared::vault::KmsDynamoVault::from_sdk_config(&stack.aws, &config, shared::clock::system())
+}
+
+#[tokio::test]
+async fn a_signed_in_user_is_connected_through_a_real_handshake_with_a_baseline_queued() {
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+
+    let r = call(&stack, reqwest::Method::POST, Some(&user.token)).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["drive_id"], user.created.drive_id.as_str());
+    assert_eq!(body["walk"], "baseline");
+
+    let subs = live_subscriptions(&stack, &user);
+    assert_eq!(subs.len(), 1);
+    assert_eq!(body["subscription_id"], subs[0].id.as_str());
+    assert_eq!(
+        subs[0].notification_url,
+        stack.url("/notifications"),
+        "Graph validated the local notify"
+    );
+    let graph_expiry: chrono::DateTime<chrono::Utc> = body["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(graph_expiry, subs[0].expiration, "the stored expiry is Graph's");
+
+    let queued = stack.wait_for_messages(1, Duration::from_secs(5)).await;
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].envelope.kind, Kind::Baseline);
+    assert_eq!(queued[0].group_id, body["drive_key"].as_str().unwrap());
+
+    let stored = vault(&stack).load(&user_key(&user)).await.unwrap();
+    assert!(stored.is_some(), "the refresh token is in the vault");
+
+    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "baseline_pending");
+    assert_eq!(status["subscription_id"], body["subscription_id"]);
+    assert_eq!(status["needs_reauth"], false);
+
+    // The subscription's clientState verifies in notify: a change reaches the queue in the drive's group.
+    stack
+        .sim
+        .sim()
+        .create_item(
+            &user.created.drive_id,
+            &graph_sim::NewItem {
+                parent_id: None,
+                name: "a.txt".into(),
+                folder: false,
+                size: 1,
+            },
+        )
+        .unwrap();
+    let changed = stack.wait_for_messages(1, Duration::from_secs(10)).await;
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].envelope.kind, Kind::Notification);
+    assert_eq!(changed[0].group_id, body["drive_key"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn connecting_again_returns_the_live_subscription_and_two_concurrent_connects_leave_one() {
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    let (a, b) = tokio::join!(
+        call(&stack, reqwest::Method::POST, Some(&user.token)),
+        call(&stack, reqwest::Method::POST, Some(&user.token))
+    );
+    assert_eq!(
+        (a.status(), b.status()),
+        (reqwest::StatusCode::OK, reqwest::StatusCode::OK)
+    );
+    let (a, b): (serde_json::Value, serde_json::Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a["subscription_id"], b["subscription_id"]);
+    assert_eq!(live_subscriptions(&stack, &user).len(), 1);
+
+    let again: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["subscription_id"], a["subscription_id"]);
+    assert_eq!(live_subscriptions(&stack, &user).len(), 1);
+}
+
+#[tokio::test]
+async fn tokens_that_are_wrong_in_any_way_are_refused_with_401() {
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    let sim = stack.sim.sim();
+    assert_eq!(call(&stack, reqwest::Method::POST, None).await.status(), 401);
+    let mut variants = Vec::new();
+    for tamper in [
+        Tamper::UnknownKey,
+        Tamper::WrongKey,
+        Tamper::AlgNone,
+        Tamper::Hs256,
+        Tamper::BadSignature,
+    ] {
+        variants.push(ApiToken {
+            tamper: Some(tamper),
+            ..ApiToken::new(user.created.user_id.clone())
+        });
+    }
+    variants.push(ApiToken {
+        audience: graph_sim::Audience::Other("00000003-0000-0000-c000-000000000000".into()),
+        ..ApiToken::new(user.created.user_id.clone())
+    });
+    variants.push(ApiToken {
+        issuer: Some("https://evil.example/tenant/v2.0".into()),
+        ..ApiToken::new(user.created.user_id.clone())
+    });
+    variants.push(ApiToken {
+        issued_at_offset: chrono::Duration::hours(-3),
+        ..ApiToken::new(user.created.user_id.clone())
+    });
+    for spec in variants {
+        let token = sim.mint_api_token(&spec).unwrap().token;
+        let r = call(&stack, reqwest::Method::POST, Some(&token)).await;
+        assert_eq!(r.status(), 401, "{:?}", spec.tamper);
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+    }
+    assert!(live_subscriptions(&stack, &user).is_empty());
+}
+
+#[tokio::test]
+async fn a_rotated_signing_key_is_followed() {
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    assert_eq!(
+        call(&stack, reqwest::Method::GET, Some(&user.token))
+            .await
+            .status(),
+        404,
+        "not connected yet"
+    );
+    stack.sim.sim().rotate_signing_key().unwrap();
+    // The keys were fetched for the GET above; an unknown kid may trigger a refetch once a minute.
+    stack.clock.advance(chrono::Duration::seconds(61));
+    let fresh = stack
+        .sim
+        .sim()
+        .mint_api_token(&ApiToken::new(user.created.user_id.clone()))
+        .unwrap()
+        .token;
+    assert_eq!(
+        call(&stack, reqwest::Method::POST, Some(&fresh)).await.status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn entra_errors_become_answers_the_client_can_act_on() {
+    let stack = TestStack::start().await;
+    let sim = stack.sim.sim();
+
+    let mfa = new_user(&stack);
+    sim.set_auth_failure(&mfa.created.user_id, AuthFailure::MfaRequired, Repeat::Sticky)
+        .unwrap();
+    let r = call(&stack, reqwest::Method::POST, Some(&mfa.token)).await;
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.contains("insufficient_claims") && challenge.contains("claims=\""),
+        "{challenge}"
+    );
+
+    let consent = new_user(&stack);
+    sim.set_auth_failure(
+        &consent.created.user_id,
+        AuthFailure::ConsentRequired,
+        Repeat::Sticky,
+    )
+    .unwrap();
+    let r = call(&stack, reqwest::Method::POST, Some(&consent.token)).await;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "consent_required");
+
+    let busy = new_user(&stack);
+    sim.set_auth_failure(
+        &busy.created.user_id,
+        AuthFailure::TemporarilyUnavailable {
+            http_503: false,
+            retry_after: Some(7),
+        },
+        Repeat::Sticky,
+    )
+    .unwrap();
+    let r = call(&stack, reqwest::Method::POST, Some(&busy.token)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "7");
+}
+
+#[tokio::test]
+async fn disconnect_leaves_no_token_no_subscription_and_only_the_tombstone_and_is_idempotent() {
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    assert_eq!(
+        call(&stack, reqwest::Method::POST, Some(&user.token))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        call(&stack, reqwest::Method::DELETE, Some(&user.token))
+            .await
+            .status(),
+        204
+    );
+
+    assert!(live_subscriptions(&stack, &user).is_empty());
+    assert!(vault(&stack).load(&user_key(&user)).await.unwrap().is_none());
+    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "disconnected");
+    assert_eq!(status["subscription_id"], serde_json::Value::Null);
+
+    assert_eq!(
+        call(&stack, reqwest::Method::DELETE, Some(&user.token))
+            .await
+            .status(),
+        204
+    );
+
+    // A reconnect continues: same drive key, the next generation, a new subscription.
+    let again: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live_subscriptions(&stack, &user).len(), 1);
+    assert_eq!(again["walk"], "baseline");
+}
