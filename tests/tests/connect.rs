@@ -305,3 +305,145 @@ async fn disconnect_leaves_no_token_no_subscription_and_only_the_tombstone_and_i
     assert_eq!(live_subscriptions(&stack, &user).len(), 1);
     assert_eq!(again["walk"], "baseline");
 }
+
+#[tokio::test]
+async fn graphs_create_errors_become_clear_answers() {
+    // Graph cannot reach the notification URL: its validation fails, connect says so.
+    let stack = graphfeed_tests::TestStack::start_with(graphfeed_tests::StackOptions {
+        overrides: vec![(
+            "NOTIFICATION_URL".into(),
+            "http://127.0.0.1:9/notifications".into(),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let user = new_user(&stack);
+    let r = call(&stack, reqwest::Method::POST, Some(&user.token)).await;
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "notification_url_unreachable");
+
+    // Throttled: 503 with Retry-After. Quota: 409 with a message.
+    let stack = TestStack::start().await;
+    let sim = stack.sim.sim();
+    let user = new_user(&stack);
+    let fault = |status, retry_after, body: Option<&str>| graph_sim::Fault {
+        path_prefix: "/v1.0/subscriptions".into(),
+        method: Some("POST".into()),
+        status,
+        count: 1,
+        retry_after,
+        body: body.map(|b| serde_json::from_str(b).unwrap()),
+    };
+    sim.add_fault(fault(429, Some(9), None));
+    let r = call(&stack, reqwest::Method::POST, Some(&user.token)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "9");
+    sim.add_fault(fault(
+        403,
+        None,
+        Some(r#"{"error":{"code":"ExtensionError","message":"Operation: Create; Exception: [Status Code: Forbidden; Reason: Maximum number of subscriptions has been reached]"}}"#),
+    ));
+    let r = call(&stack, reqwest::Method::POST, Some(&user.token)).await;
+    assert_eq!(r.status(), 409);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "subscription_quota_reached");
+    // Once Graph accepts, the same user connects.
+    assert_eq!(
+        call(&stack, reqwest::Method::POST, Some(&user.token))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_subscription_on_the_drive_is_replaced_by_one_notify_can_verify() {
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    // Someone made a subscription for this drive with a clientState graphfeed cannot verify
+    // (a shared secret, as the peers do), so Graph answers graphfeed's create with 409.
+    let graph = shared::graph::GraphClient::new(&shared::config::GraphConfig {
+        base_url: stack.sim.graph_base_url().parse().unwrap(),
+        timeout: Duration::from_secs(20),
+    })
+    .unwrap();
+    let foreign_state = shared::client_state::KeyRing::single(&"9".repeat(64))
+        .unwrap()
+        .mint(
+            &shared::ids::TenantId::parse(&user.created.tenant_id).unwrap(),
+            &shared::ids::DriveKey::random(),
+        );
+    let notification_url = stack.url("/notifications");
+    let foreign = graph
+        .create_subscription(
+            &secrecy::SecretString::from(user.created.access_token.clone()),
+            &shared::graph::NewSubscription {
+                resource: "me/drive/root",
+                notification_url: &notification_url,
+                lifecycle_notification_url: None,
+                expiration: chrono::Utc::now() + chrono::Duration::days(1),
+                client_state: &foreign_state,
+            },
+        )
+        .await
+        .unwrap();
+
+    let body: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let subs = live_subscriptions(&stack, &user);
+    assert_eq!(subs.len(), 1);
+    assert_ne!(subs[0].id, foreign.id, "the unverifiable one is gone");
+    assert_eq!(body["subscription_id"], subs[0].id.as_str());
+    let ring = graphfeed_tests::dev_ring();
+    let verified = ring
+        .verify(subs[0].client_state.as_deref().unwrap(), &user_key(&user).tenant)
+        .unwrap();
+    assert_eq!(
+        verified.drive_key.to_string(),
+        body["drive_key"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_connect_inside_the_renewal_window_renews_with_graphs_expiry() {
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    let first: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // 27 days on, the subscription has less than 72 hours left.
+    stack.clock.advance(chrono::Duration::days(27));
+    let token = stack
+        .sim
+        .sim()
+        .mint_api_token(&ApiToken::new(user.created.user_id.clone()))
+        .unwrap()
+        .token;
+    let second: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        second["subscription_id"], first["subscription_id"],
+        "renewed, not recreated"
+    );
+    let subs = live_subscriptions(&stack, &user);
+    assert_eq!(subs.len(), 1);
+    let renewed: chrono::DateTime<chrono::Utc> = second["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(renewed, subs[0].expiration);
+    assert!(
+        renewed
+            > first["expires_at"]
+                .as_str()
+                .unwrap()
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+    );
+}
