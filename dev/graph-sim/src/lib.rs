@@ -97,7 +97,7 @@ pub struct Timing {
     pub token_lifetime: Duration,
     /// How long a refresh token keeps working after a refresh redeemed it for a new one (sim
     /// time, default 10 minutes); `None` keeps it working for good, as Entra does. See
-    /// [`entra`]'s rotation notes.
+    /// the rotation policy in the README's Entra section.
     pub refresh_token_reuse_grace: Option<Duration>,
 }
 

@@ -1,71 +1,55 @@
-//! The `make local` demo: what connect will do for a real user, done by hand against graph-sim,
-//! so a newcomer sees the whole notify path work: a simulated user is subscribed (Graph's
-//! validation handshake reaches the local notify), a file changes, Graph delivers the
-//! notification, notify verifies and enqueues it, and the message is shown as it lands on the
-//! notifications queue.
+//! The `make local` demo: a simulated user signs in (graph-sim mints their access token for
+//! graphfeed's API) and connects through the real `POST /connect` route: on-behalf-of exchange,
+//! refresh token into the KMS vault, subscription through Graph's validation handshake with the
+//! local notify, baseline queued. Then a file changes, Graph notifies, notify verifies and
+//! enqueues, and the messages are shown as they land on the notifications queue.
 //!
 //! Until process-changes exists, the demo is the queue's consumer: it prints and deletes each
-//! message. Later issues replace this with the real connect route and the real processor.
+//! message. Later issues replace this with the real processor.
 
 #![allow(clippy::print_stdout)]
 
 use std::time::Duration;
 
-use chrono::Utc;
-use secrecy::SecretString;
-use shared::client_state::KeyStore;
-use shared::config::{ClientStateKeys, Env, GraphConfig};
-use shared::envelope::Envelope;
-use shared::graph::{GraphClient, NewSubscription};
-use shared::ids::{DriveKey, TenantId};
-
 /// Runs the demo until aborted. Failures are printed, never fatal to the local stack.
 pub async fn run(
     sim: graph_sim::Sim,
-    graph_base_url: String,
-    env: Env,
+    api_url: String,
+    control_url: String,
     aws: aws_config::SdkConfig,
     queue_url: String,
 ) {
-    if let Err(e) = subscribe_and_change(&sim, &graph_base_url, &env, &aws).await {
+    if let Err(e) = connect_and_change(&sim, &api_url, &control_url).await {
         println!("demo: stopped: {e:#}");
         return;
     }
     watch_queue(&aws, &queue_url).await;
 }
 
-async fn subscribe_and_change(
-    sim: &graph_sim::Sim,
-    graph_base_url: &str,
-    env: &Env,
-    aws: &aws_config::SdkConfig,
-) -> anyhow::Result<()> {
+async fn connect_and_change(sim: &graph_sim::Sim, api_url: &str, control_url: &str) -> anyhow::Result<()> {
     let user = sim.create_user(graph_sim::NewUser {
         display_name: Some("Demo User".into()),
         ..Default::default()
     })?;
-    let tenant = TenantId::parse(&user.tenant_id)?;
-    let keys = KeyStore::from_config(&ClientStateKeys::from_env(env)?, aws, shared::clock::system()).await?;
-    let client_state = keys.ring().mint(&tenant, &DriveKey::random());
-    let graph = GraphClient::new(&GraphConfig::from_env(
-        &env.clone().with("GRAPH_BASE_URL", graph_base_url),
-    )?)?;
-    let notification_url = env.required("NOTIFICATION_URL")?;
-    let subscription = graph
-        .create_subscription(
-            &SecretString::from(user.access_token.clone()),
-            &NewSubscription {
-                resource: "me/drive/root",
-                notification_url,
-                lifecycle_notification_url: env.get("LIFECYCLE_NOTIFICATION_URL"),
-                expiration: Utc::now() + chrono::Duration::days(3),
-                client_state: &client_state,
-            },
-        )
+    let token = sim
+        .mint_api_token(&graph_sim::ApiToken::new(user.user_id.clone()))?
+        .token;
+    let response = reqwest::Client::new()
+        .post(format!("{api_url}/connect"))
+        .bearer_auth(&token)
+        .send()
         .await?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("POST /connect answered {status}: {body}");
+    }
     println!(
-        "demo: subscribed drive {} of a simulated user; Graph's validation handshake reached notify; subscription {} expires {}",
-        user.drive_id, subscription.id, subscription.expiration_date_time
+        "demo: connected a simulated user through POST /connect: drive {}, subscription {} (expires {}), {} walk queued",
+        body["drive_id"].as_str().unwrap_or("?"),
+        body["subscription_id"].as_str().unwrap_or("?"),
+        body["expires_at"].as_str().unwrap_or("?"),
+        body["walk"].as_str().unwrap_or("?"),
     );
     let item = sim.create_item(
         &user.drive_id,
@@ -77,16 +61,21 @@ async fn subscribe_and_change(
         },
     )?;
     println!(
-        "demo: created {} in the drive; Graph will notify {notification_url}",
+        "demo: created {} in the drive; Graph will notify graphfeed",
         item.name
     );
     println!(
-        "demo: change more with `curl -X POST {}/_sim/drives/{}/items -H 'content-type: application/json' -d '{{\"name\":\"more.txt\"}}'`",
-        graph_base_url.trim_end_matches("/v1.0"),
+        "demo: change more with `curl -X POST {control_url}/drives/{}/items -H 'content-type: application/json' -d '{{\"name\":\"more.txt\"}}'`",
         user.drive_id
+    );
+    println!(
+        "demo: a token for this user: `curl -s -X POST {control_url}/users/{}/api-token`, then `curl -H \"Authorization: Bearer $TOKEN\" {api_url}/connect`",
+        user.user_id
     );
     Ok(())
 }
+
+use shared::envelope::Envelope;
 
 async fn watch_queue(aws: &aws_config::SdkConfig, queue_url: &str) {
     let sqs = aws_sdk_sqs::Client::new(aws);

@@ -161,8 +161,8 @@ async fn main() -> Result<()> {
     let demo = match (&sim, args.no_demo) {
         (Some(sim), false) => Some(tokio::spawn(local_stack::demo::run(
             sim.sim(),
-            sim.graph_base_url(),
-            running.notify_env.clone(),
+            running.url(),
+            sim.control_url(),
             aws.clone(),
             queue_url,
         ))),
