@@ -39,13 +39,25 @@ pub struct Options {
     pub parameters: BTreeMap<String, String>,
 }
 
-/// What was created: logical id → what `!Ref` and `!GetAtt .Arn` give.
-#[derive(Debug, Clone)]
+/// What was created: logical id → what `!Ref` and `!GetAtt .Arn` give. Parameters resolve the
+/// same way, so a NoEcho parameter's value is in here: `Debug` shows the names only.
+#[derive(Clone)]
 pub struct Stack {
     pub stack: String,
     pub region: String,
     pub account: String,
     pub created: BTreeMap<String, Physical>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("stack", &self.stack)
+            .field("region", &self.region)
+            .field("account", &self.account)
+            .field("created", &self.created.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// CloudFormation queue properties and the SQS attribute each becomes.

@@ -1,6 +1,7 @@
 //! The local stack: graphfeed's functions served on one machine, shaped by `template.yaml`.
 //!
-//! - [`template`] reads the template; [`bootstrap`] creates its queues and secrets in moto (or
+//! - [`template`] reads the template; [`bootstrap`] creates its queues, secrets, table and KMS
+//!   key in moto (or
 //!   any endpoint `AWS_ENDPOINT_URL` names);
 //! - [`gateway`] serves the template's HTTP API routes, handing each request in-process to the
 //!   function's real handler;
