@@ -80,3 +80,7 @@ size: venv ## Build notify for Lambda (arm64, release, stripped) and report its 
 	rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || true
 	cargo lambda build --release --arm64 -p notify
 	@ls -l target/lambda/notify/bootstrap | awk '{printf "notify arm64 bootstrap: %.1f MB\n", $$5/1000000}'
+
+.PHONY: bench-connect
+bench-connect: venv ## connect's in-process latency against graph-sim and moto, and KMS calls per connect
+	$(CARGO) bench -p graphfeed-tests --bench connect
