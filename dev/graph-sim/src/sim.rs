@@ -46,6 +46,10 @@ pub struct NewUser {
     /// (personal accounts: `@outlook.com`) when absent.
     #[serde(default)]
     pub user_principal_name: Option<String>,
+    /// A fixed object id (a GUID), e.g. for sample events whose token names this user; a new
+    /// random one when absent. Refused if the user exists already.
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
 /// A request to create a tenant.
@@ -249,7 +253,16 @@ impl Sim {
                 id: tenant_id.clone(),
                 business,
             });
-        let user_id = uuid::Uuid::new_v4().to_string();
+        let user_id = match &request.user_id {
+            Some(raw) => {
+                let id = parse_guid(raw, "user_id")?;
+                if state.identity.users.contains_key(&id) {
+                    return Err(SimError::Conflict(format!("user {id} exists already")));
+                }
+                id
+            }
+            None => uuid::Uuid::new_v4().to_string(),
+        };
         let user_principal_name = request.user_principal_name.clone().unwrap_or_else(|| {
             if tenant_id == CONSUMER_TENANT_ID {
                 format!("user-{}@outlook.com", &user_id[..8])

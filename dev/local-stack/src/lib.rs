@@ -59,6 +59,21 @@ pub fn local_parameters() -> BTreeMap<String, String> {
     ])
 }
 
+/// The simulated user the connect samples in `events/` name: `make local` creates it in
+/// graph-sim, so `cargo lambda invoke connect --data-file events/connect-post.json` connects it.
+pub const SAMPLE_TENANT_ID: &str = "7a1d2b8e-3f4c-4e5a-9b6c-1d2e3f4a5b6c";
+pub const SAMPLE_USER_ID: &str = "3c1e5b9a-7d2f-4e8a-b6c4-0f9e8d7c6b5a";
+
+/// Creates the sample user in a local graph-sim.
+pub fn create_sample_user(sim: &graph_sim::Sim) -> Result<graph_sim::CreatedUser, graph_sim::SimError> {
+    sim.create_user(graph_sim::NewUser {
+        tenant_id: Some(SAMPLE_TENANT_ID.to_owned()),
+        user_id: Some(SAMPLE_USER_ID.to_owned()),
+        display_name: Some("Sample User".to_owned()),
+        ..Default::default()
+    })
+}
+
 /// What to serve.
 pub struct ServeConfig {
     /// Where to listen; port 0 picks one.

@@ -104,6 +104,7 @@ async fn main() -> Result<()> {
             let running = graph_sim::start(config, SocketAddr::from(([127, 0, 0, 1], args.graph_sim_port)))
                 .await
                 .context("starting graph-sim")?;
+            local_stack::create_sample_user(&running.sim()).context("creating the sample user of events/")?;
             overrides = overrides
                 .with("GRAPH_BASE_URL", &running.graph_base_url())
                 .with("ENTRA_AUTHORITY_HOST", &running.authority_host());
@@ -136,6 +137,18 @@ async fn main() -> Result<()> {
     )
     .await
     .context("starting the functions")?;
+
+    // Each function's resolved environment, for `cargo lambda watch --env-file .local/<fn>.env`.
+    write_env_file(
+        "notify",
+        &running.notify_env,
+        &aws_endpoint_env(&endpoint, &region),
+    )?;
+    write_env_file(
+        "connect",
+        &running.connect_env,
+        &aws_endpoint_env(&endpoint, &region),
+    )?;
 
     let routes: Vec<String> = template
         .http_routes()
@@ -212,6 +225,50 @@ async fn wait_for_moto(child: &mut tokio::process::Child, addr: SocketAddr) -> R
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("moto does not listen on {addr} after 15 s")
+}
+
+/// The AWS settings a function started outside this process needs to reach the same endpoint.
+fn aws_endpoint_env(endpoint: &str, region: &str) -> Vec<(String, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL".into(), endpoint.into()),
+        ("AWS_REGION".into(), region.into()),
+        (
+            "AWS_ACCESS_KEY_ID".into(),
+            std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "test".into()),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".into(),
+            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "test".into()),
+        ),
+    ]
+}
+
+/// Writes the variables the template gives `function` (resolved against the local stack) to
+/// `.local/<function>.env`. Only names graphfeed reads are written, never the caller's whole env.
+fn write_env_file(function: &str, env: &Env, aws: &[(String, String)]) -> Result<()> {
+    const PREFIXES: [&str; 10] = [
+        "ENTRA_",
+        "GRAPH_",
+        "NOTIFICATION",
+        "LIFECYCLE_",
+        "TABLE_NAME",
+        "KMS_KEY_ID",
+        "CLIENT_STATE_",
+        "RENEW_",
+        "RUST_LOG",
+        "CHANGES_",
+    ];
+    let mut lines: Vec<String> = env
+        .iter()
+        .filter(|(k, _)| PREFIXES.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    lines.extend(aws.iter().map(|(k, v)| format!("{k}={v}")));
+    lines.sort();
+    std::fs::create_dir_all(".local").context("creating .local/")?;
+    std::fs::write(format!(".local/{function}.env"), lines.join("\n") + "\n")
+        .context("writing the env file")?;
+    Ok(())
 }
 
 async fn shutdown_signal() {
