@@ -447,3 +447,37 @@ async fn a_connect_inside_the_renewal_window_renews_with_graphs_expiry() {
                 .unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_reconnect_that_still_has_a_delta_link_queues_a_catch_up_instead_of_a_baseline() {
+    use shared::store::{ConnectionStore, DriveStatus};
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    let first: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["walk"], "baseline");
+    // The processor completed the baseline and stored a deltaLink.
+    let store = shared::store::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&stack.aws),
+        stack.running.connect_env.get("TABLE_NAME").unwrap(),
+    );
+    let drive_key = shared::ids::DriveKey::parse(first["drive_key"].as_str().unwrap()).unwrap();
+    let mut state = store.drive(&drive_key).await.unwrap().unwrap();
+    state.delta_link = Some("http://127.0.0.1/v1.0/drives/d/root/delta?token=x".into());
+    state.state = DriveStatus::Active;
+    state.version += 1;
+    store.put_drive(&state).await.unwrap();
+    stack.drain().await;
+
+    let again: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["walk"], "catch-up");
+    let queued = stack.wait_for_messages(1, Duration::from_secs(5)).await;
+    assert_eq!(queued[0].envelope.kind, Kind::CatchUp);
+}

@@ -782,3 +782,82 @@ fn samconfig_deploys_with_iam_capability_and_never_names_a_region_or_profile() {
         );
     }
 }
+
+// ---- connect ---------------------------------------------------------------------------------
+
+#[test]
+fn connect_serves_the_user_routes_and_may_touch_only_its_table_key_queue_and_secrets() {
+    let t = template();
+    let connect = properties(&t, "ConnectFunction");
+    let mut routes = BTreeSet::new();
+    for event in connect["Events"].as_object().expect("events").values() {
+        assert_eq!(event["Type"], "HttpApi");
+        assert_eq!(event["Properties"]["ApiId"], reference("HttpApi"));
+        routes.insert(format!(
+            "{} {}",
+            event["Properties"]["Method"].as_str().unwrap(),
+            event["Properties"]["Path"].as_str().unwrap()
+        ));
+    }
+    assert_eq!(
+        routes,
+        BTreeSet::from([
+            "DELETE /connect".to_owned(),
+            "GET /connect".to_owned(),
+            "POST /connect".to_owned()
+        ])
+    );
+
+    let mut grants = BTreeSet::new();
+    for policy in as_list(&connect["Policies"]) {
+        for statement in as_list(&policy["Statement"]) {
+            assert_eq!(statement["Effect"], "Allow");
+            for action in as_list(&statement["Action"]) {
+                for resource in as_list(&statement["Resource"]) {
+                    grants.insert((
+                        action.as_str().unwrap().to_owned(),
+                        resource.to_string(),
+                        statement["Condition"].to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    let none = Value::Null.to_string();
+    let purpose =
+        json!({"StringEquals": {"kms:EncryptionContext:graphfeed:purpose": "refresh-token"}}).to_string();
+    let expected: BTreeSet<(String, String, String)> = [
+        ("dynamodb:GetItem", arn_of("Table"), &none),
+        ("dynamodb:PutItem", arn_of("Table"), &none),
+        ("dynamodb:DeleteItem", arn_of("Table"), &none),
+        ("kms:GenerateDataKey", arn_of("TokenKey"), &purpose),
+        ("kms:Decrypt", arn_of("TokenKey"), &purpose),
+        ("sqs:SendMessage", arn_of("NotificationsQueue"), &none),
+        (
+            "secretsmanager:GetSecretValue",
+            reference("ClientStateKeysSecret"),
+            &none,
+        ),
+        (
+            "secretsmanager:GetSecretValue",
+            reference("EntraClientSecretSecret"),
+            &none,
+        ),
+    ]
+    .into_iter()
+    .map(|(a, r, c)| (a.to_owned(), r.to_string(), c.clone()))
+    .collect();
+    assert_eq!(grants, expected);
+
+    let env = &connect["Environment"]["Variables"];
+    assert_eq!(env["TABLE_NAME"], reference("Table"));
+    assert_eq!(env["KMS_KEY_ID"], arn_of("TokenKey"));
+    assert_eq!(
+        env["ENTRA_CLIENT_SECRET_ARN"],
+        reference("EntraClientSecretSecret")
+    );
+    assert!(
+        env.get("NOTIFICATION_URL").is_none(),
+        "derived from the request's own domain: a !Ref to the API would be circular"
+    );
+}

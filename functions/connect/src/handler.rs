@@ -294,3 +294,54 @@ fn response(status: StatusCode, content_type: Option<&str>, body: Body) -> Respo
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = include_str!("../../../events/connect-post.json");
+
+    #[test]
+    fn without_configured_urls_they_come_from_the_requests_own_api_domain() {
+        let mut event: serde_json::Value = serde_json::from_str(SAMPLE).unwrap();
+        event["requestContext"]["domainName"] = "abc123.execute-api.eu-west-1.amazonaws.com".into();
+        event["headers"]["x-forwarded-proto"] = "https".into();
+        let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+        assert_eq!(
+            request_base(&request),
+            "https://abc123.execute-api.eu-west-1.amazonaws.com"
+        );
+        event["requestContext"]["stage"] = "prod".into();
+        let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+        assert_eq!(
+            request_base(&request),
+            "https://abc123.execute-api.eu-west-1.amazonaws.com/prod"
+        );
+    }
+
+    #[test]
+    fn a_claims_challenge_carries_the_claims_base64_encoded_in_www_authenticate() {
+        let e = ConnectError::Entra(EntraError::ClaimsChallenge {
+            claims: r#"{"access_token":{}}"#.into(),
+            description: "AADSTS50076".into(),
+        });
+        let r = answer_error(&e);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let header = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(
+            header.contains(&base64::engine::general_purpose::STANDARD.encode(r#"{"access_token":{}}"#)),
+            "{header}"
+        );
+    }
+
+    #[test]
+    fn storage_failures_never_show_internals() {
+        let e = ConnectError::Store(shared::store::StoreError::Call(
+            "arn:aws:dynamodb:secret-detail".into(),
+        ));
+        let r = answer_error(&e);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = String::from_utf8(r.body().as_ref().to_vec()).unwrap();
+        assert!(!body.contains("secret-detail"));
+    }
+}
