@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use graph_sim::ApiToken;
 use graphfeed_tests::TestStack;
 use lambda_http::http::{Request, header};
 use shared::auth::{AuthConfig, TokenValidator};
@@ -87,17 +86,7 @@ async fn run() {
     let mut latencies = Vec::with_capacity(USERS);
     let before = vault.kms_calls();
     for i in 0..USERS {
-        let user = stack
-            .sim
-            .sim()
-            .create_user(graph_sim::NewUser::default())
-            .unwrap();
-        let token = stack
-            .sim
-            .sim()
-            .mint_api_token(&ApiToken::new(user.user_id.clone()))
-            .unwrap()
-            .token;
+        let token = stack.sign_in_new_user().token;
         let request = Request::builder()
             .method("POST")
             .uri(format!("{}/connect", stack.running.url()))

@@ -192,6 +192,26 @@ impl TestStack {
     }
 }
 
+/// A user graph-sim created, with their access token for graphfeed's API (valid for an hour).
+pub struct SignedInUser {
+    pub created: graph_sim::CreatedUser,
+    pub token: String,
+}
+
+impl TestStack {
+    /// A new simulated user, signed in: what a client app holds before `POST /connect`.
+    pub fn sign_in_new_user(&self) -> SignedInUser {
+        let created = self.sim.sim().create_user(graph_sim::NewUser::default()).unwrap();
+        let token = self
+            .sim
+            .sim()
+            .mint_api_token(&graph_sim::ApiToken::new(created.user_id.clone()))
+            .unwrap()
+            .token;
+        SignedInUser { created, token }
+    }
+}
+
 /// A message read from the notifications queue.
 #[derive(Debug, Clone)]
 pub struct Received {

@@ -13,24 +13,10 @@ use shared::envelope::Kind;
 use shared::ids::UserKey;
 use shared::vault::TokenVault;
 
-struct User {
-    created: graph_sim::CreatedUser,
-    token: String,
-}
+use graphfeed_tests::SignedInUser as User;
 
 fn new_user(stack: &TestStack) -> User {
-    let created = stack
-        .sim
-        .sim()
-        .create_user(graph_sim::NewUser::default())
-        .unwrap();
-    let token = stack
-        .sim
-        .sim()
-        .mint_api_token(&ApiToken::new(created.user_id.clone()))
-        .unwrap()
-        .token;
-    User { created, token }
+    stack.sign_in_new_user()
 }
 
 async fn call(stack: &TestStack, method: reqwest::Method, token: Option<&str>) -> reqwest::Response {
