@@ -58,6 +58,10 @@ pub enum ConnectError {
     Queue(#[from] QueueError),
     #[error("the user is not connected")]
     NotConnected,
+    #[error("Entra returned no refresh token: GRAPH_SCOPES must include offline_access")]
+    NoRefreshToken,
+    #[error("the user disconnected while this connect was under way")]
+    DisconnectedMeanwhile,
 }
 
 /// The outcome of a connect.
@@ -92,9 +96,11 @@ impl Connector {
         urls: &NotificationUrls,
     ) -> Result<Connection, ConnectError> {
         let tokens = self.entra.on_behalf_of(user.tenant.as_str(), assertion).await?;
-        if let Some(refresh) = &tokens.refresh_token {
-            self.store_refresh_token(user, refresh).await?;
-        }
+        let refresh = tokens
+            .refresh_token
+            .as_ref()
+            .ok_or(ConnectError::NoRefreshToken)?;
+        self.store_refresh_token(user, refresh).await?;
         let drive = self.graph.my_drive(&tokens.access_token).await?;
         let record = match self.store.user(user).await? {
             Some(r) => r,
@@ -108,16 +114,31 @@ impl Connector {
                 self.store.create_user(user, &fresh).await?
             }
         };
-        let state = begin_connection(self.store.as_ref(), &record.drive_key, user, &drive.id).await?;
+        let (state, reauthorized) =
+            begin_connection(self.store.as_ref(), &record.drive_key, user, &drive.id).await?;
         let subscription = self
             .ensure_subscription(
                 user,
                 &state,
+                reauthorized,
                 &drive.subscription_resource(),
                 urls,
                 &tokens.access_token,
             )
             .await?;
+        // A disconnect that landed meanwhile wins: undo what this connect made.
+        let now_state = self.store.drive(&record.drive_key).await?;
+        if now_state
+            .as_ref()
+            .is_none_or(|d| d.generation != state.generation || d.state == DriveStatus::Disconnected)
+        {
+            self.graph
+                .delete_subscription(&tokens.access_token, &subscription.subscription_id)
+                .await?;
+            self.store.delete_subscription(&record.drive_key).await?;
+            self.vault.shred(user).await?;
+            return Err(ConnectError::DisconnectedMeanwhile);
+        }
         let walk = if state.delta_link.is_some() {
             Kind::CatchUp
         } else {
@@ -138,10 +159,21 @@ impl Connector {
         })
     }
 
+    /// Replaces the stored refresh token with a version-checked write. A stored record that can
+    /// no longer be opened (tampered, another format) is shredded and replaced: the user has
+    /// just proved who they are, so a broken record must not block the reconnect that fixes it.
     async fn store_refresh_token(&self, user: &UserKey, token: &SecretString) -> Result<(), ConnectError> {
         let mut attempts = 0;
         loop {
-            let expected = self.vault.load(user).await?.map(|t| t.version);
+            let expected = match self.vault.load(user).await {
+                Ok(stored) => stored.map(|t| t.version),
+                Err(e) if !e.is_transient() && !matches!(e, VaultError::Conflict { .. }) => {
+                    tracing::warn!(error = %e, "the stored refresh token cannot be opened; replacing it");
+                    self.vault.shred(user).await?;
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
             match self.vault.store(user, token, expected).await {
                 Ok(_) => return Ok(()),
                 Err(VaultError::Conflict { .. }) if attempts < 3 => attempts += 1,
@@ -154,6 +186,7 @@ impl Connector {
         &self,
         user: &UserKey,
         state: &DriveState,
+        reauthorized: bool,
         resource: &str,
         urls: &NotificationUrls,
         token: &SecretString,
@@ -161,10 +194,13 @@ impl Connector {
         let now = self.clock.now();
         let existing = self.store.subscription(&state.drive_key).await?;
         if let Some(current) = &existing {
-            if current.generation == state.generation && current.expires_at > now + self.renew_window {
+            let same_generation = current.generation == state.generation;
+            if same_generation && !reauthorized && current.expires_at > now + self.renew_window {
                 return Ok(current.clone());
             }
-            if current.generation == state.generation {
+            if same_generation {
+                // Inside the renewal window, or the user is back from needs_reauth: one PATCH
+                // renews and reauthorizes (graph-protocol.md §4).
                 match self
                     .graph
                     .renew_subscription(
@@ -180,11 +216,16 @@ impl Connector {
                             version: current.version + 1,
                             ..current.clone()
                         };
-                        return self.save_subscription(next).await;
+                        return self.save_subscription(next, token).await;
                     }
                     Err(e) if e.status() == Some(404) => {}
                     Err(e) => return Err(e.into()),
                 }
+            } else {
+                // A subscription of an earlier connection: gone from Graph before ours is made.
+                self.graph
+                    .delete_subscription(token, &current.subscription_id)
+                    .await?;
             }
         }
         let ring = self.keys.ring();
@@ -196,8 +237,8 @@ impl Connector {
             expiration: now + MAX_LIFETIME - LIFETIME_MARGIN,
             client_state: &client_state,
         };
-        let created = match self.graph.create_subscription(token, &request).await {
-            Ok(s) => s,
+        let (created, key_id) = match self.graph.create_subscription(token, &request).await {
+            Ok(s) => (s, ring.active().to_string()),
             Err(e) => match conflicting_subscription_id(&e) {
                 Some(id) => self.adopt_or_replace(user, state, &id, &request, token).await?,
                 None => return Err(e.into()),
@@ -207,17 +248,18 @@ impl Connector {
             drive_key: state.drive_key,
             subscription_id: created.id,
             expires_at: created.expiration_date_time,
-            key_id: ring.active().to_string(),
+            key_id,
             resource: resource.to_owned(),
             generation: state.generation,
             version: existing.as_ref().map_or(1, |e| e.version + 1),
         };
-        self.save_subscription(next).await
+        self.save_subscription(next, token).await
     }
 
     /// A 409: Graph already has a subscription for this drive (a concurrent connect, or one whose
-    /// record was lost). Ours if its clientState verifies for this drive: adopt it. Otherwise
-    /// it cannot be verified by notify: delete it and create ours.
+    /// record was lost). Ours when the record names it, or when its clientState verifies for
+    /// this drive: adopt it, under the key it was made with. Otherwise notify could not verify
+    /// its notifications: delete it and create ours.
     async fn adopt_or_replace(
         &self,
         user: &UserKey,
@@ -225,45 +267,123 @@ impl Connector {
         id: &str,
         request: &NewSubscription<'_>,
         token: &SecretString,
-    ) -> Result<crate::graph::Subscription, ConnectError> {
+    ) -> Result<(crate::graph::Subscription, String), ConnectError> {
         let found = self.graph.get_subscription_with_state(token, id).await?;
-        let ours = found
+        if let Some(recorded) = self.store.subscription(&state.drive_key).await? {
+            if recorded.subscription_id == id {
+                return Ok((found.subscription, recorded.key_id));
+            }
+        }
+        let verified = found
             .client_state()
             .and_then(|cs| self.keys.ring().verify(cs, &user.tenant).ok())
-            .is_some_and(|v| v.drive_key == state.drive_key);
-        if ours {
-            return Ok(found.subscription);
+            .filter(|v| v.drive_key == state.drive_key);
+        if let Some(v) = verified {
+            return Ok((found.subscription, v.key_id.to_string()));
         }
         self.graph.delete_subscription(token, id).await?;
-        Ok(self.graph.create_subscription(token, request).await?)
+        let created = self.graph.create_subscription(token, request).await?;
+        Ok((created, self.keys.ring().active().to_string()))
     }
 
-    /// Stores the subscription record; when a concurrent connect stored one first, the stored
-    /// one wins (Graph allows one per drive, so both name the same subscription).
-    async fn save_subscription(&self, next: SubscriptionRecord) -> Result<SubscriptionRecord, ConnectError> {
-        match self.store.put_subscription(&next).await {
-            Ok(()) => Ok(next),
-            Err(StoreError::Conflict) => Ok(self.store.subscription(&next.drive_key).await?.unwrap_or(next)),
-            Err(e) => Err(e.into()),
+    /// Stores the subscription record. When a concurrent connect stored another first, Graph
+    /// decides: if the stored subscription still exists it wins and ours (if different) is
+    /// deleted; if Graph no longer knows it, ours replaces it.
+    async fn save_subscription(
+        &self,
+        next: SubscriptionRecord,
+        token: &SecretString,
+    ) -> Result<SubscriptionRecord, ConnectError> {
+        for _ in 0..3 {
+            match self.store.put_subscription(&next).await {
+                Ok(()) => return Ok(next),
+                Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let Some(stored) = self.store.subscription(&next.drive_key).await? else {
+                // Deleted meanwhile (a disconnect): write ours as the first version.
+                let first = SubscriptionRecord {
+                    version: 1,
+                    ..next.clone()
+                };
+                match self.store.put_subscription(&first).await {
+                    Ok(()) => return Ok(first),
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if stored.subscription_id == next.subscription_id {
+                return Ok(stored);
+            }
+            match self.graph.get_subscription(token, &stored.subscription_id).await {
+                Ok(_) => {
+                    self.graph
+                        .delete_subscription(token, &next.subscription_id)
+                        .await?;
+                    return Ok(stored);
+                }
+                Err(e) if e.status() == Some(404) => {
+                    let replace = SubscriptionRecord {
+                        version: stored.version + 1,
+                        ..next.clone()
+                    };
+                    match self.store.put_subscription(&replace).await {
+                        Ok(()) => return Ok(replace),
+                        Err(StoreError::Conflict) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        Err(StoreError::Conflict.into())
     }
 
-    /// Disconnects: deletes the Graph subscription (404 is fine), crypto-shreds the tokens and
-    /// leaves the tombstone. Idempotent.
+    /// Disconnects: leaves the tombstone first (so a walk under way can no longer write), deletes
+    /// the Graph subscription with a Graph token from the on-behalf-of exchange or, failing
+    /// that, from the stored refresh token (404 is fine), then crypto-shreds the tokens.
+    /// Idempotent. A subscription Graph could not be asked to delete (no usable token) is left
+    /// to expire: its notifications land on a tombstoned drive and are dropped.
     pub async fn disconnect(&self, user: &UserKey, assertion: &SecretString) -> Result<(), ConnectError> {
-        let Some(record) = self.store.user(user).await? else {
-            return Ok(());
-        };
-        if let Some(sub) = self.store.subscription(&record.drive_key).await? {
-            let tokens = self.entra.on_behalf_of(user.tenant.as_str(), assertion).await?;
-            self.graph
-                .delete_subscription(&tokens.access_token, &sub.subscription_id)
-                .await?;
-            self.store.delete_subscription(&record.drive_key).await?;
+        if let Some(record) = self.store.user(user).await? {
+            tombstone(self.store.as_ref(), &record.drive_key).await?;
+            if let Some(sub) = self.store.subscription(&record.drive_key).await? {
+                match self.graph_token(user, assertion).await {
+                    Some(token) => {
+                        self.graph
+                            .delete_subscription(&token, &sub.subscription_id)
+                            .await?;
+                        self.store.delete_subscription(&record.drive_key).await?;
+                    }
+                    None => tracing::warn!(
+                        subscription_id = %sub.subscription_id,
+                        "no Graph token to delete the subscription; it is left to expire on a tombstoned drive"
+                    ),
+                }
+            }
         }
+        // Unconditionally: a connect that failed before the user record existed may have
+        // stored a token already.
         self.vault.shred(user).await?;
-        tombstone(self.store.as_ref(), &record.drive_key).await?;
         Ok(())
+    }
+
+    /// A Graph token for `user`: on-behalf-of first, then the stored refresh token.
+    async fn graph_token(&self, user: &UserKey, assertion: &SecretString) -> Option<SecretString> {
+        match self.entra.on_behalf_of(user.tenant.as_str(), assertion).await {
+            Ok(t) => return Some(t.access_token),
+            Err(e) => {
+                tracing::info!(error = %e, "on-behalf-of failed during disconnect; trying the stored refresh token")
+            }
+        }
+        let stored = self.vault.load(user).await.ok().flatten()?;
+        match self.entra.refresh(user.tenant.as_str(), &stored.token).await {
+            Ok(t) => Some(t.access_token),
+            Err(e) => {
+                tracing::info!(error = %e, "the refresh grant failed during disconnect");
+                None
+            }
+        }
     }
 
     /// The caller's connection status.

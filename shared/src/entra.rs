@@ -51,11 +51,18 @@ impl EntraConfig {
                 reason: "must be the app registration's GUID".into(),
             });
         }
+        let scopes = env.get(GRAPH_SCOPES).unwrap_or(DEFAULT_GRAPH_SCOPES).to_owned();
+        if !scopes.split_whitespace().any(|s| s == "offline_access") {
+            return Err(ConfigError::Invalid {
+                var: GRAPH_SCOPES,
+                reason: "must include offline_access: graphfeed keeps a refresh token to work while the user is away".into(),
+            });
+        }
         Ok(Self {
             authority_host: env.url_or(ENTRA_AUTHORITY_HOST, DEFAULT_ENTRA_AUTHORITY_HOST)?,
             tenant,
             client_id,
-            scopes: env.get(GRAPH_SCOPES).unwrap_or(DEFAULT_GRAPH_SCOPES).to_owned(),
+            scopes,
         })
     }
 

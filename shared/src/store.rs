@@ -296,41 +296,61 @@ impl ConnectionStore for DynamoStore {
     }
 }
 
-/// Moves a drive's state to `baseline_pending` for a (re)connection: a new drive starts at
-/// generation 1; a disconnected one gets the next generation and keeps its sequence high-water
-/// mark; a connected one is left as it is. Retries a lost race a few times.
+/// Moves a drive's state for a (re)connection: a new drive starts at generation 1 in
+/// `baseline_pending`; a disconnected one gets the next generation (sequence high-water mark
+/// kept); a drive in `needs_reauth` is active again (the user just signed in), at the same
+/// generation; a connected one is left as it is. Returns the state and whether the user came
+/// back from `needs_reauth` (the subscription must then be reauthorized). Retries a lost race.
 pub async fn begin_connection(
     store: &dyn ConnectionStore,
     drive_key: &DriveKey,
     user: &UserKey,
     drive_id: &str,
-) -> Result<DriveState, StoreError> {
+) -> Result<(DriveState, bool), StoreError> {
     for _ in 0..4 {
-        let next = match store.drive(drive_key).await? {
-            None => DriveState {
-                drive_key: *drive_key,
-                tenant_id: user.tenant.to_string(),
-                user_oid: user.object.to_string(),
-                drive_id: drive_id.to_owned(),
-                generation: 1,
-                state: DriveStatus::BaselinePending,
-                delta_link: None,
-                seq_high_water: 0,
-                last_walk_completed_at: None,
-                version: 1,
-            },
-            Some(current) if current.state == DriveStatus::Disconnected => DriveState {
-                generation: current.generation + 1,
-                state: DriveStatus::BaselinePending,
-                delta_link: None,
-                drive_id: drive_id.to_owned(),
-                version: current.version + 1,
-                ..current
-            },
-            Some(current) => return Ok(current),
+        let (next, reauthorized) = match store.drive(drive_key).await? {
+            None => (
+                DriveState {
+                    drive_key: *drive_key,
+                    tenant_id: user.tenant.to_string(),
+                    user_oid: user.object.to_string(),
+                    drive_id: drive_id.to_owned(),
+                    generation: 1,
+                    state: DriveStatus::BaselinePending,
+                    delta_link: None,
+                    seq_high_water: 0,
+                    last_walk_completed_at: None,
+                    version: 1,
+                },
+                false,
+            ),
+            Some(current) if current.state == DriveStatus::Disconnected => (
+                DriveState {
+                    generation: current.generation + 1,
+                    state: DriveStatus::BaselinePending,
+                    delta_link: None,
+                    drive_id: drive_id.to_owned(),
+                    version: current.version + 1,
+                    ..current
+                },
+                false,
+            ),
+            Some(current) if current.state == DriveStatus::NeedsReauth => (
+                DriveState {
+                    state: if current.delta_link.is_some() {
+                        DriveStatus::Active
+                    } else {
+                        DriveStatus::BaselinePending
+                    },
+                    version: current.version + 1,
+                    ..current
+                },
+                true,
+            ),
+            Some(current) => return Ok((current, false)),
         };
         match store.put_drive(&next).await {
-            Ok(()) => return Ok(next),
+            Ok(()) => return Ok((next, reauthorized)),
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e),
         }

@@ -467,3 +467,120 @@ async fn a_reconnect_that_still_has_a_delta_link_queues_a_catch_up_instead_of_a_
     let queued = stack.wait_for_messages(1, Duration::from_secs(5)).await;
     assert_eq!(queued[0].envelope.kind, Kind::CatchUp);
 }
+
+#[tokio::test]
+async fn a_connect_that_failed_after_storing_the_token_leaves_nothing_after_disconnect() {
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    stack.sim.sim().add_fault(graph_sim::Fault {
+        path_prefix: "/v1.0/me/drive".into(),
+        method: Some("GET".into()),
+        status: 404,
+        count: 1,
+        retry_after: None,
+        body: None,
+    });
+    let r = call(&stack, reqwest::Method::POST, Some(&user.token)).await;
+    assert_eq!(r.status(), 404);
+    assert!(
+        vault(&stack).load(&user_key(&user)).await.unwrap().is_some(),
+        "the token was stored before the drive call"
+    );
+    assert_eq!(
+        call(&stack, reqwest::Method::DELETE, Some(&user.token))
+            .await
+            .status(),
+        204
+    );
+    assert!(vault(&stack).load(&user_key(&user)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_user_who_revoked_consent_can_still_disconnect_and_the_subscription_goes_too() {
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    assert_eq!(
+        call(&stack, reqwest::Method::POST, Some(&user.token))
+            .await
+            .status(),
+        200
+    );
+    // On-behalf-of now fails; the stored refresh token still gets a Graph token.
+    stack
+        .sim
+        .sim()
+        .set_auth_failure(
+            &user.created.user_id,
+            AuthFailure::ConsentRequired,
+            Repeat::Times(1),
+        )
+        .unwrap();
+    assert_eq!(
+        call(&stack, reqwest::Method::DELETE, Some(&user.token))
+            .await
+            .status(),
+        204
+    );
+    assert!(live_subscriptions(&stack, &user).is_empty());
+    assert!(vault(&stack).load(&user_key(&user)).await.unwrap().is_none());
+    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "disconnected");
+}
+
+#[tokio::test]
+async fn reconnecting_clears_needs_reauth_and_reauthorizes_the_subscription() {
+    use shared::store::{ConnectionStore, DriveStatus};
+    let stack = TestStack::start().await;
+    let user = new_user(&stack);
+    let first: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let store = shared::store::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&stack.aws),
+        stack.running.connect_env.get("TABLE_NAME").unwrap(),
+    );
+    let drive_key = shared::ids::DriveKey::parse(first["drive_key"].as_str().unwrap()).unwrap();
+    let mut state = store.drive(&drive_key).await.unwrap().unwrap();
+    state.state = DriveStatus::NeedsReauth;
+    state.version += 1;
+    store.put_drive(&state).await.unwrap();
+    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&user.token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["needs_reauth"], true);
+
+    stack.clock.advance(chrono::Duration::hours(1));
+    let token = stack
+        .sim
+        .sim()
+        .mint_api_token(&ApiToken::new(user.created.user_id.clone()))
+        .unwrap()
+        .token;
+    let again: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["subscription_id"], first["subscription_id"]);
+    assert_ne!(
+        again["expires_at"], first["expires_at"],
+        "the subscription was PATCHed (renewed and reauthorized)"
+    );
+    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (status["needs_reauth"].clone(), status["state"].clone()),
+        (serde_json::json!(false), serde_json::json!("baseline_pending"))
+    );
+}

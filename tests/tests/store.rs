@@ -44,7 +44,7 @@ async fn a_walk_racing_a_disconnect_writes_nothing() {
     let stack = TestStack::start().await;
     let store = store(&stack);
     let (who, drive) = (user(), DriveKey::random());
-    let connected = begin_connection(&store, &drive, &who, "drive-1").await.unwrap();
+    let (connected, _) = begin_connection(&store, &drive, &who, "drive-1").await.unwrap();
     assert_eq!(
         (connected.generation, connected.state),
         (1, DriveStatus::BaselinePending)
@@ -74,7 +74,7 @@ async fn a_walk_racing_a_disconnect_writes_nothing() {
     with_sequence.seq_high_water = 41;
     with_sequence.version += 1;
     store.put_drive(&with_sequence).await.unwrap();
-    let reconnected = begin_connection(&store, &drive, &who, "drive-1").await.unwrap();
+    let (reconnected, _) = begin_connection(&store, &drive, &who, "drive-1").await.unwrap();
     assert_eq!(
         (
             reconnected.generation,

@@ -64,9 +64,14 @@ impl Connect {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(reason = %e, "token refused");
+                let code = if e.is_keys_unavailable() {
+                    "temporarily_unavailable"
+                } else {
+                    "invalid_token"
+                };
                 let mut r = error(
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
-                    "invalid_token",
+                    code,
                     e.description(),
                 );
                 if let Some(v) = e
@@ -179,11 +184,20 @@ fn answer_error(e: &ConnectError) -> Response<Body> {
             "consent_required",
             "The user (or an administrator) has not consented to graphfeed's Microsoft Graph permissions. Grant consent, then connect again.",
         ),
-        ConnectError::Entra(EntraError::GrantExpired { .. }) => error(
-            StatusCode::UNAUTHORIZED,
-            "interaction_required",
-            "Sign in again, then connect again.",
-        ),
+        ConnectError::Entra(EntraError::GrantExpired { .. }) => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "interaction_required",
+                "Sign in again, then connect again.",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(
+                    "Bearer error=\"invalid_token\", error_description=\"sign in again\"",
+                ),
+            );
+            r
+        }
         ConnectError::Entra(EntraError::Unavailable { retry_after }) => {
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -213,6 +227,26 @@ fn answer_error(e: &ConnectError) -> Response<Body> {
             "server_error",
             "graphfeed's Entra configuration was refused; the operator has been told.",
         ),
+        ConnectError::DisconnectedMeanwhile => error(
+            StatusCode::CONFLICT,
+            "disconnected_meanwhile",
+            "The user disconnected while this connect was under way; connect again if that was not intended.",
+        ),
+        ConnectError::NoRefreshToken => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "graphfeed's Graph scopes lack offline_access; the operator has been told.",
+        ),
+        ConnectError::Vault(v) if !v.is_transient() => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "graphfeed's token vault refused the request; the operator has been told.",
+        ),
+        ConnectError::Store(shared::store::StoreError::Corrupt(_)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "graphfeed's stored state could not be read; the operator has been told.",
+        ),
         ConnectError::Vault(_) | ConnectError::Store(_) | ConnectError::Queue(_) => {
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -227,6 +261,11 @@ fn answer_error(e: &ConnectError) -> Response<Body> {
 
 fn graph_error(g: &GraphError) -> Response<Body> {
     match (g.status(), g.code()) {
+        (Some(404), _) => error(
+            StatusCode::NOT_FOUND,
+            "drive_not_found",
+            "Microsoft Graph has no OneDrive for this user (not provisioned yet?); open OneDrive once, then connect again.",
+        ),
         (Some(400), Some("ValidationError" | "InvalidRequest")) if is_validation_failure(g) => error(
             StatusCode::BAD_GATEWAY,
             "notification_url_unreachable",

@@ -57,12 +57,15 @@ pub async fn wire(
     let keys = KeyStore::from_config(&ClientStateKeys::from_env(env)?, aws, clock.clone()).await?;
     let renew_window = match env.get(RENEW_WINDOW_MINUTES) {
         None => DEFAULT_RENEW_WINDOW,
-        Some(raw) => chrono::Duration::minutes(raw.parse::<i64>().ok().filter(|m| *m > 0).ok_or(
-            ConfigError::Invalid {
-                var: RENEW_WINDOW_MINUTES,
-                reason: format!("must be a positive number of minutes (got {raw:?})"),
-            },
-        )?),
+        Some(raw) => chrono::Duration::minutes(
+            raw.parse::<i64>()
+                .ok()
+                .filter(|m| (1..=42_300).contains(m))
+                .ok_or(ConfigError::Invalid {
+                    var: RENEW_WINDOW_MINUTES,
+                    reason: format!("must be a number of minutes from 1 to 42300 (got {raw:?})"),
+                })?,
+        ),
     };
     let urls = handler::ConfiguredUrls {
         notification: env.get(NOTIFICATION_URL).map(str::to_owned),
