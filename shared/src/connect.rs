@@ -269,10 +269,11 @@ impl Connector {
         token: &SecretString,
     ) -> Result<(crate::graph::Subscription, String), ConnectError> {
         let found = self.graph.get_subscription_with_state(token, id).await?;
-        if let Some(recorded) = self.store.subscription(&state.drive_key).await? {
-            if recorded.subscription_id == id {
-                return Ok((found.subscription, recorded.key_id));
-            }
+        if let Some(recorded) = self.store.subscription(&state.drive_key).await?
+            && recorded.subscription_id == id
+        {
+            return Ok((found.subscription, recorded.key_id));
+        }
         }
         let verified = found
             .client_state()
