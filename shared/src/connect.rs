@@ -274,7 +274,6 @@ impl Connector {
         {
             return Ok((found.subscription, recorded.key_id));
         }
-        }
         let verified = found
             .client_state()
             .and_then(|cs| self.keys.ring().verify(cs, &user.tenant).ok())
