@@ -52,6 +52,10 @@ pub(crate) fn router() -> Router<Sim> {
         )
         .route("/drives/{drive_id}/items/{item_id}/modify", post(modify_item))
         .route("/drives/{drive_id}/journal", get(journal))
+        .route(
+            "/drives/{drive_id}/expire-delta-tokens",
+            post(expire_delta_tokens),
+        )
         .route("/subscriptions", get(subscriptions))
         .route("/subscriptions/{id}", get(subscription))
         .route("/subscriptions/{id}/lifecycle", post(lifecycle))
@@ -320,6 +324,13 @@ async fn modify_item(
 
 async fn journal(State(sim): State<Sim>, Path(drive_id): Path<String>) -> ControlResult<Json<Value>> {
     Ok(Json(json!({"entries": sim.journal(&drive_id)?})))
+}
+
+async fn expire_delta_tokens(
+    State(sim): State<Sim>,
+    Path(drive_id): Path<String>,
+) -> ControlResult<Json<Value>> {
+    Ok(Json(json!({"epoch": sim.expire_delta_tokens(&drive_id)?})))
 }
 
 async fn subscriptions(State(sim): State<Sim>) -> Json<Value> {

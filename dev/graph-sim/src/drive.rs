@@ -1,4 +1,4 @@
-//! Drives and their items: the state that change notifications (and, in a later issue, `delta`)
+//! Drives and their items: the state that change notifications (and the delta feed)
 //! report on.
 //!
 //! Each drive keeps every item it ever had (deleted ones keep a `deleted` mark, as delta will need
@@ -7,7 +7,7 @@
 //! business drive id is `b!` plus 64 base64url characters (graph-protocol.md §10 item 3 relies on
 //! telling them apart).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -46,40 +46,112 @@ pub fn new_drive_id(business: bool) -> String {
 
 /// A position in a drive's change journal, as carried by a delta link's `token`: "every change
 /// with a larger sequence number is new to whoever holds this". Opaque outside the simulator
-/// (graph-protocol.md §5.1: links are followed verbatim); `token=latest` hands out the current
-/// position, and the full delta of a later issue serves the changes after it.
+/// (graph-protocol.md §5.1: links are followed verbatim); `token=latest` and the last page of a
+/// delta walk hand out the current position, and a delta call with it serves the changes after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaToken {
     pub drive_id: String,
     /// The last journal sequence already seen (0: nothing).
     pub seq: u64,
+    /// The drive's token epoch when issued; expiring the drive's tokens moves the epoch, and a
+    /// token of an older epoch is answered with 410 `resyncRequired` (§5.4).
+    pub epoch: u64,
 }
 
-const DELTA_TOKEN_TAG: &str = "gsdelta1";
+const DELTA_TOKEN_TAG: &str = "gsdelta2";
+const DELTA_PAGE_TAG: &str = "gspage1";
+
+fn b64_encode(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn b64_decode(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim())
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
 
 impl DeltaToken {
-    /// The opaque form: base64url of `gsdelta1:{seq}:{drive id}`.
+    /// The opaque form: base64url of `gsdelta2:{epoch}:{seq}:{drive id}`.
     pub fn encode(&self) -> String {
-        use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(format!("{DELTA_TOKEN_TAG}:{}:{}", self.seq, self.drive_id))
+        b64_encode(&format!(
+            "{DELTA_TOKEN_TAG}:{}:{}:{}",
+            self.epoch, self.seq, self.drive_id
+        ))
     }
 
     /// Reads a token this simulator encoded; `None` for anything else.
     pub fn decode(token: &str) -> Option<Self> {
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token.trim())
-            .ok()?;
-        let text = String::from_utf8(bytes).ok()?;
-        let mut parts = text.splitn(3, ':');
+        let text = b64_decode(token)?;
+        let mut parts = text.splitn(4, ':');
         if parts.next()? != DELTA_TOKEN_TAG {
             return None;
         }
+        let epoch = parts.next()?.parse().ok()?;
         let seq = parts.next()?.parse().ok()?;
         let drive_id = parts.next()?.to_owned();
-        Some(Self { drive_id, seq })
+        Some(Self { drive_id, seq, epoch })
     }
+}
+
+/// Where a delta walk is between two pages, as carried by a nextLink's `token`: which items the
+/// walk covers (`since`: all live items when `None`, else the items changed after that journal
+/// position and their ancestors), the journal position the final deltaLink will hold (`upto`, the
+/// position when the walk started) and the last item id served (pages go in id order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaCursor {
+    pub drive_id: String,
+    pub epoch: u64,
+    pub since: Option<u64>,
+    pub upto: u64,
+    /// The last id already served; empty before the first page.
+    pub after: String,
+}
+
+impl DeltaCursor {
+    /// The opaque form: base64url of `gspage1:{epoch}:{since or -}:{upto}:{after}:{drive id}`.
+    pub fn encode(&self) -> String {
+        let since = self.since.map_or_else(|| "-".to_owned(), |seq| seq.to_string());
+        b64_encode(&format!(
+            "{DELTA_PAGE_TAG}:{}:{since}:{}:{}:{}",
+            self.epoch, self.upto, self.after, self.drive_id
+        ))
+    }
+
+    /// Reads a cursor this simulator encoded; `None` for anything else.
+    pub fn decode(token: &str) -> Option<Self> {
+        let text = b64_decode(token)?;
+        let mut parts = text.splitn(6, ':');
+        if parts.next()? != DELTA_PAGE_TAG {
+            return None;
+        }
+        let epoch = parts.next()?.parse().ok()?;
+        let since = match parts.next()? {
+            "-" => None,
+            seq => Some(seq.parse().ok()?),
+        };
+        let upto = parts.next()?.parse().ok()?;
+        let after = parts.next()?.to_owned();
+        let drive_id = parts.next()?.to_owned();
+        Some(Self {
+            drive_id,
+            epoch,
+            since,
+            upto,
+            after,
+        })
+    }
+}
+
+/// One page of a delta walk: the items to serve, and the cursor of the next page (`None`: this
+/// was the last page, the deltaLink follows).
+#[derive(Debug, Clone)]
+pub struct DeltaPage<'a> {
+    pub items: Vec<&'a Item>,
+    pub next: Option<DeltaCursor>,
 }
 
 /// One file or folder.
@@ -149,6 +221,8 @@ pub struct Drive {
     journal: Vec<JournalEntry>,
     next_seq: u64,
     next_item_number: u64,
+    /// Delta tokens of an older epoch are expired (410 `resyncRequired`).
+    delta_epoch: u64,
 }
 
 /// The fields a new item gets.
@@ -189,6 +263,7 @@ impl Drive {
             journal: Vec::new(),
             next_seq: 1,
             next_item_number: 101,
+            delta_epoch: 0,
         };
         let root_id = drive.new_item_id();
         let mut root = Item {
@@ -262,8 +337,89 @@ impl Drive {
     pub fn latest_delta_token(&self) -> DeltaToken {
         DeltaToken {
             drive_id: self.id.clone(),
-            seq: self.next_seq.saturating_sub(1),
+            seq: self.latest_seq(),
+            epoch: self.delta_epoch,
         }
+    }
+
+    /// The sequence number of the last change (0: none).
+    pub fn latest_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// The epoch delta tokens are issued in now.
+    pub fn delta_epoch(&self) -> u64 {
+        self.delta_epoch
+    }
+
+    /// Expires every delta token and cursor issued so far: they answer 410 from now on.
+    pub fn expire_delta_tokens(&mut self) {
+        self.delta_epoch += 1;
+    }
+
+    /// The first page of a walk: a full enumeration (`since` = `None`) or the changes after a
+    /// journal position, ending at the current position.
+    pub fn delta_start(&self, since: Option<u64>) -> DeltaCursor {
+        DeltaCursor {
+            drive_id: self.id.clone(),
+            epoch: self.delta_epoch,
+            since,
+            upto: self.latest_seq(),
+            after: String::new(),
+        }
+    }
+
+    /// The ids a walk covers, in id order: every live item (full enumeration), or every item
+    /// (deleted ones too) changed after `since` plus all the ancestors of each (graph-protocol.md
+    /// §5.2: "we always return all of the items in the hierarchy above the modified items").
+    /// Computed afresh on each page; whatever a change during the walk hides from it has a journal
+    /// sequence after the walk's `upto`, so the next walk serves it.
+    fn delta_ids(&self, since: Option<u64>) -> BTreeSet<&str> {
+        let mut ids = BTreeSet::new();
+        for item in self.items.values() {
+            let wanted = match since {
+                None => !item.deleted,
+                Some(seq) => item.change_seq > seq,
+            };
+            if !wanted {
+                continue;
+            }
+            ids.insert(item.id.as_str());
+            if since.is_some() {
+                let mut parent = item.parent_id.as_deref();
+                for _ in 0..=self.items.len() {
+                    let Some(parent_id) = parent else { break };
+                    ids.insert(parent_id);
+                    parent = self.items.get(parent_id).and_then(|p| p.parent_id.as_deref());
+                }
+            }
+        }
+        ids
+    }
+
+    /// The page of a walk that `cursor` points at, at most `page_size` items, each in its current
+    /// state (latest state only, each id once per walk).
+    pub fn delta_page(&self, cursor: &DeltaCursor, page_size: usize) -> DeltaPage<'_> {
+        let page_size = page_size.max(1);
+        let ids = self.delta_ids(cursor.since);
+        let mut remaining = ids.range::<str, _>((
+            std::ops::Bound::Excluded(cursor.after.as_str()),
+            std::ops::Bound::Unbounded,
+        ));
+        let items: Vec<&Item> = remaining
+            .by_ref()
+            .take(page_size)
+            .filter_map(|id| self.items.get(*id))
+            .collect();
+        let more = remaining.next().is_some();
+        let next = match items.last() {
+            Some(last) if more => Some(DeltaCursor {
+                after: last.id.clone(),
+                ..cursor.clone()
+            }),
+            _ => None,
+        };
+        DeltaPage { items, next }
     }
 
     fn live(&self, id: &str) -> Result<&Item, SimError> {
@@ -496,6 +652,33 @@ mod tests {
         assert_eq!(DeltaToken::decode(&after.encode()), Some(after.clone()));
         assert!(!after.encode().contains(&drive.id), "opaque");
         assert_eq!(DeltaToken::decode("latest"), None);
+    }
+
+    #[test]
+    fn a_delta_cursor_round_trips_and_pages_in_id_order_without_repeats() {
+        let now = Utc::now();
+        let mut drive = Drive::new("u", "t", false, now);
+        for n in 0..5 {
+            drive
+                .create_item(&file(None, &format!("{n}")), now)
+                .expect("create");
+        }
+        let mut cursor = drive.delta_start(None);
+        assert_eq!(DeltaCursor::decode(&cursor.encode()), Some(cursor.clone()));
+        assert_eq!(DeltaToken::decode(&cursor.encode()), None);
+        let mut seen = Vec::new();
+        loop {
+            let page = drive.delta_page(&cursor, 2);
+            seen.extend(page.items.iter().map(|item| item.id.clone()));
+            match page.next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!((seen.len(), sorted), (6, seen));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub const MSG_VALIDATION_MISMATCH: &str =
     "Subscription validation request failed. Response must exactly match validationToken query parameter.";
 /// §1.5: the observed OneDrive quota error.
 pub const MSG_QUOTA: &str = "Operation: Create; Exception: [Status Code: Forbidden; Reason: Maximum number of subscriptions has been reached]";
+/// §5.4: the 410 for a delta token that can no longer be served.
+pub const MSG_RESYNC_REQUIRED: &str = "Resync required. Replace any local items with the server's version (including deletes) if you're sure that the service was up to date with your local changes when you last sync'd. Upload any local changes that the server doesn't know about.";
 /// A missing, unknown or expired bearer token.
 pub const MSG_TOKEN_INVALID: &str = "Access token has expired or is not yet valid.";
 /// `/me` called with an app-only token.
@@ -71,6 +73,18 @@ pub struct GraphError {
     pub retry_after: Option<u64>,
     /// A body to send verbatim instead of the envelope (fault injection).
     pub raw_body: Option<Value>,
+    /// `innerError.code` and a `Location` header, for the 410 resync of delta (§5.4). Boxed to
+    /// keep `Result<_, GraphError>` small.
+    pub resync: Option<Box<Resync>>,
+}
+
+/// The extras of a delta 410 (§5.4).
+#[derive(Debug, Clone)]
+pub struct Resync {
+    /// `innerError.code`, e.g. `resyncChangesApplyDifferences`.
+    pub inner_code: String,
+    /// The `Location` header: a link that starts a fresh enumeration.
+    pub location: String,
 }
 
 impl GraphError {
@@ -81,6 +95,19 @@ impl GraphError {
             message: message.into(),
             retry_after: None,
             raw_body: None,
+            resync: None,
+        }
+    }
+
+    /// 410 `resyncRequired` / `resyncChangesApplyDifferences` for an expired delta token, with a
+    /// `Location` that starts a fresh enumeration (§5.4).
+    pub fn resync_required(location: String) -> Self {
+        Self {
+            resync: Some(Box::new(Resync {
+                inner_code: "resyncChangesApplyDifferences".to_owned(),
+                location,
+            })),
+            ..Self::new(StatusCode::GONE, "resyncRequired", MSG_RESYNC_REQUIRED)
         }
     }
 
@@ -156,12 +183,13 @@ impl GraphError {
             message: message.to_owned(),
             retry_after,
             raw_body: body,
+            resync: None,
         }
     }
 
     /// Graph's error envelope (§1.6).
     pub fn envelope(&self, ids: &RequestIds) -> Value {
-        json!({
+        let mut body = json!({
             "error": {
                 "code": self.code,
                 "message": self.message,
@@ -171,7 +199,15 @@ impl GraphError {
                     "client-request-id": ids.client_request_id,
                 }
             }
-        })
+        });
+        if let Some(resync) = &self.resync
+            && let Some(inner) = body
+                .pointer_mut("/error/innerError")
+                .and_then(Value::as_object_mut)
+        {
+            inner.insert("code".to_owned(), json!(resync.inner_code));
+        }
+        body
     }
 
     /// The full response, with the ids of the request it answers.
@@ -182,6 +218,11 @@ impl GraphError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(resync) = &self.resync
+            && let Ok(value) = HeaderValue::from_str(&resync.location)
+        {
+            response.headers_mut().insert(header::LOCATION, value);
         }
         response
     }

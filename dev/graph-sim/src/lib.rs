@@ -1,7 +1,7 @@
 //! graph-sim: a local Microsoft Graph and Entra ID simulator for graphfeed's tests and `make local`.
 //!
 //! It serves Graph under `/v1.0` (subscriptions with their real rules and error texts, the
-//! validation handshake, read-only drives, `delta?token=latest`), Entra ID at the root of the
+//! validation handshake, read-only drives, the drive delta feed), Entra ID at the root of the
 //! same app (OIDC metadata, JWKS with key rotation, the token endpoint for on-behalf-of, refresh
 //! and client credentials; see [`entra`]) and a control API under `/_sim` (users, tenants, apps
 //! and tokens, drive changes, the clock, faults, injected auth failures, counters, the delivery
@@ -45,7 +45,7 @@ use chrono::Duration;
 use shared::clock::OffsetClock;
 
 pub use crate::delivery::{DeliveryAttempt, EndpointReport, NotificationKind, Outcome};
-pub use crate::drive::{DeltaToken, Item, ItemUpdate, JournalEntry, NewItem};
+pub use crate::drive::{DeltaCursor, DeltaToken, Item, ItemUpdate, JournalEntry, NewItem};
 pub use crate::entra::errors::EntraError;
 pub use crate::entra::jwt::{ApiToken, Audience, MintedToken, Tamper, TokenVersion};
 pub use crate::entra::keys::SigningKeyInfo;
@@ -99,6 +99,8 @@ pub struct Timing {
     /// time, default 10 minutes); `None` keeps it working for good, as Entra does. See
     /// the rotation policy in the README's Entra section.
     pub refresh_token_reuse_grace: Option<Duration>,
+    /// Most items in one delta page (§5.3: 200 for OneDrive collections); `$top` is ignored.
+    pub delta_page_size: usize,
 }
 
 impl Default for Timing {
@@ -120,6 +122,7 @@ impl Default for Timing {
             drop_period: Duration::minutes(10),
             token_lifetime: Duration::hours(1),
             refresh_token_reuse_grace: Some(Duration::minutes(10)),
+            delta_page_size: 200,
         }
     }
 }

@@ -538,6 +538,18 @@ impl Sim {
             .ok_or_else(|| SimError::NotFound(format!("item {item_id} not found")))
     }
 
+    /// Expires every delta token and link issued so far for a drive: each answers 410
+    /// `resyncRequired` from now on (graph-protocol.md §5.4). Returns the drive's new token epoch.
+    pub fn expire_delta_tokens(&self, drive_id: &str) -> Result<u64, SimError> {
+        let mut state = self.lock();
+        let drive = state
+            .drives
+            .get_mut(drive_id)
+            .ok_or_else(|| SimError::NotFound(format!("drive {drive_id} not found")))?;
+        drive.expire_delta_tokens();
+        Ok(drive.delta_epoch())
+    }
+
     /// A drive's change journal, oldest first.
     pub fn journal(&self, drive_id: &str) -> Result<Vec<JournalEntry>, SimError> {
         let state = self.lock();

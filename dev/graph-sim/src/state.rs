@@ -61,6 +61,10 @@ pub struct Counters {
     pub token_requests: BTreeMap<String, u64>,
     /// Token endpoint refusals by Entra `error` (`invalid_grant`, `invalid_client`, ...).
     pub token_errors: BTreeMap<String, u64>,
+    /// Delta pages served (`root/delta` answers with 200, `token=latest` included).
+    pub delta_pages_served: u64,
+    /// Delta calls answered 410 `resyncRequired`.
+    pub delta_resyncs: u64,
     /// API access tokens minted through [`crate::Sim::mint_api_token`] or the control API.
     pub api_tokens_minted: u64,
 }

@@ -1,16 +1,17 @@
 //! Read-only drive endpoints: `me/drive`, `drives/{id}`, their roots and items by id, in Graph's
-//! `drive` and `driveItem` shapes, and `root/delta?token=latest`. Only the owner may read a drive;
-//! app-only tokens are refused. Full delta paging and uploads come in a later issue and will live
-//! beside these.
+//! `drive` and `driveItem` shapes, and the drive delta feed (`root/delta`: full enumeration,
+//! changes since a token, `token=latest`, 410 resync; graph-protocol.md §5). Only the owner may
+//! read a drive; app-only tokens are refused. Uploads come in a later issue.
 
 use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{Caller, ODATA_BASE};
-use crate::drive::{Drive, Item};
+use crate::drive::{DeltaCursor, DeltaToken, Drive, Item};
 use crate::errors::GraphError;
 use crate::identity::Grant;
 use crate::sim::Sim;
@@ -148,24 +149,192 @@ pub(crate) async fn item(
     Ok(Json(item_json(drive, item)))
 }
 
-/// `delta` with `token=latest` (graph-protocol.md §5.1): no items, and a deltaLink whose token is
-/// the drive's current journal position. Any other token (or none) is not simulated yet: 501.
-fn latest_delta(sim: &Sim, drive: &Drive, query: &HashMap<String, String>) -> GraphResult<Json<Value>> {
-    match query.get("token").map(String::as_str) {
-        Some("latest") => Ok(Json(json!({
-            "@odata.context": format!("{ODATA_BASE}#Collection(driveItem)"),
-            "value": [],
-            "@odata.deltaLink": format!(
-                "{}/drives/{}/root/delta?token={}",
-                sim.graph_base_url(),
-                drive.id,
-                drive.latest_delta_token().encode()
-            ),
-        }))),
-        _ => Err(GraphError::not_implemented(
-            "graph-sim serves delta only with token=latest so far.",
-        )),
+/// A driveItem as the delta feed renders it (graph-protocol.md §5.2, §10 item 11): no
+/// `parentReference.path`, `folder.childCount` 0, and for a deleted item the `deleted` facet
+/// without `cTag` and, on personal drives, `size` (business: `name`).
+pub(crate) fn delta_item_json(drive: &Drive, item: &Item) -> Value {
+    let mut parent = json!({"driveId": drive.id, "driveType": drive_type(drive)});
+    if let (Some(parent_id), Some(object)) = (&item.parent_id, parent.as_object_mut()) {
+        object.insert("id".to_owned(), json!(parent_id));
     }
+    let mut body = json!({
+        "id": item.id,
+        "name": item.name,
+        "eTag": item.etag,
+        "cTag": item.ctag,
+        "size": item.size,
+        "lastModifiedDateTime": graph_timestamp(item.last_modified_date_time),
+        "parentReference": parent,
+    });
+    if let Some(object) = body.as_object_mut() {
+        if item.folder {
+            object.insert("folder".to_owned(), json!({"childCount": 0}));
+        } else {
+            object.insert("file".to_owned(), json!({}));
+        }
+        if item.id == drive.root_id {
+            object.insert("root".to_owned(), json!({}));
+        }
+        if item.deleted {
+            object.insert("deleted".to_owned(), json!({}));
+            object.remove("cTag");
+            object.remove(if drive.business { "name" } else { "size" });
+        }
+    }
+    body
+}
+
+/// What a delta request's token asks for.
+enum DeltaRequest {
+    Latest,
+    Walk(DeltaCursor),
+}
+
+/// Reads the `token` of a delta call (from `?token=` or `delta(token='…')`) against the drive:
+/// none starts a full enumeration; `latest`; a deltaLink token starts the changes since its
+/// position; a nextLink token continues its walk. Tokens of an expired epoch are 410 with a
+/// fresh-enumeration `Location` (§5.4).
+fn read_delta_token(sim: &Sim, drive: &Drive, token: Option<&str>) -> GraphResult<DeltaRequest> {
+    let token = match token.map(str::trim) {
+        None | Some("") => return Ok(DeltaRequest::Walk(drive.delta_start(None))),
+        Some("latest") => return Ok(DeltaRequest::Latest),
+        Some(token) => token,
+    };
+    let (drive_id, epoch, cursor) = if let Some(cursor) = DeltaCursor::decode(token) {
+        (cursor.drive_id.clone(), cursor.epoch, cursor)
+    } else if let Some(position) = DeltaToken::decode(token) {
+        let cursor = drive.delta_start(Some(position.seq));
+        (position.drive_id, position.epoch, cursor)
+    } else if chrono::DateTime::parse_from_rfc3339(token).is_ok() {
+        return Err(GraphError::not_implemented(
+            "graph-sim does not serve timestamp delta tokens (ODB only).",
+        ));
+    } else {
+        return Err(GraphError::new(
+            StatusCode::BAD_REQUEST,
+            "invalidRequest",
+            "Invalid delta token.",
+        ));
+    };
+    if drive_id != drive.id {
+        return Err(GraphError::new(
+            StatusCode::BAD_REQUEST,
+            "invalidRequest",
+            "The delta token belongs to another drive.",
+        ));
+    }
+    if epoch != drive.delta_epoch() {
+        let fresh = drive.delta_start(None);
+        return Err(GraphError::resync_required(delta_link(
+            sim,
+            drive,
+            &fresh.encode(),
+            false,
+        )));
+    }
+    Ok(DeltaRequest::Walk(cursor))
+}
+
+/// An absolute delta link, in the `?token=` form or the `delta(token='…')` form.
+fn delta_link(sim: &Sim, drive: &Drive, token: &str, path_form: bool) -> String {
+    let base = sim.graph_base_url();
+    if path_form {
+        format!("{base}/drives/{}/root/delta(token='{token}')", drive.id)
+    } else {
+        format!("{base}/drives/{}/root/delta?token={token}", drive.id)
+    }
+}
+
+/// One delta answer (graph-protocol.md §5): `token=latest` gives no items and the current
+/// position; otherwise one page of the walk, newest-id first (so children often come before their
+/// parents), with a nextLink or, on the last page, a deltaLink. Link forms alternate from page to
+/// page, so a client must follow them verbatim.
+fn serve_delta(
+    sim: &Sim,
+    state: &mut SimState,
+    drive_id: &str,
+    token: Option<&str>,
+) -> GraphResult<Json<Value>> {
+    let page_size = sim.config().timing.delta_page_size;
+    let pages_served = state.counters.delta_pages_served;
+    let answer = {
+        let drive = state
+            .drives
+            .get(drive_id)
+            .ok_or_else(GraphError::item_not_found)?;
+        match read_delta_token(sim, drive, token) {
+            Ok(DeltaRequest::Latest) => Ok(json!({
+                "@odata.context": format!("{ODATA_BASE}#Collection(driveItem)"),
+                "value": [],
+                "@odata.deltaLink": delta_link(sim, drive, &drive.latest_delta_token().encode(), false),
+            })),
+            Ok(DeltaRequest::Walk(cursor)) => {
+                let page = drive.delta_page(&cursor, page_size);
+                let value: Vec<Value> = page
+                    .items
+                    .iter()
+                    .rev()
+                    .map(|item| delta_item_json(drive, item))
+                    .collect();
+                let path_form = pages_served % 2 == 1;
+                let (key, link) = match &page.next {
+                    Some(next) => (
+                        "@odata.nextLink",
+                        delta_link(sim, drive, &next.encode(), path_form),
+                    ),
+                    None => {
+                        let position = DeltaToken {
+                            drive_id: drive.id.clone(),
+                            seq: cursor.upto,
+                            epoch: cursor.epoch,
+                        };
+                        (
+                            "@odata.deltaLink",
+                            delta_link(sim, drive, &position.encode(), path_form),
+                        )
+                    }
+                };
+                Ok(json!({
+                    "@odata.context": format!("{ODATA_BASE}#Collection(driveItem)"),
+                    "value": value,
+                    key: link,
+                }))
+            }
+            Err(error) => Err(error),
+        }
+    };
+    match answer {
+        Ok(body) => {
+            state.counters.delta_pages_served += 1;
+            Ok(Json(body))
+        }
+        Err(error) => {
+            if error.status == StatusCode::GONE {
+                state.counters.delta_resyncs += 1;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The token of a `delta(token='…')` (or `delta(token=…)`) path segment; `None` for any other
+/// segment.
+fn token_of_segment(segment: &str) -> Option<&str> {
+    let inner = segment.strip_prefix("delta(token=")?.strip_suffix(')')?;
+    Some(
+        inner
+            .strip_prefix('\'')
+            .and_then(|rest| rest.strip_suffix('\''))
+            .unwrap_or(inner),
+    )
+}
+
+fn unknown_segment(segment: &str) -> GraphError {
+    GraphError::new(
+        StatusCode::BAD_REQUEST,
+        "BadRequest",
+        format!("Resource not found for the segment '{segment}'."),
+    )
 }
 
 /// `GET /me/drive/root/delta`.
@@ -174,9 +343,28 @@ pub(crate) async fn my_delta(
     Caller(caller): Caller,
     Query(query): Query<HashMap<String, String>>,
 ) -> GraphResult<Json<Value>> {
-    let state = sim.lock();
+    let mut state = sim.lock();
     let drive_id = my_drive_id(&state, &caller)?;
-    latest_delta(&sim, owned_drive(&state, &drive_id, &caller)?, &query)
+    let drive_id = owned_drive(&state, &drive_id, &caller)?.id.clone();
+    serve_delta(
+        &sim,
+        &mut state,
+        &drive_id,
+        query.get("token").map(String::as_str),
+    )
+}
+
+/// `GET /me/drive/root/delta(token='…')`.
+pub(crate) async fn my_delta_call(
+    State(sim): State<Sim>,
+    Caller(caller): Caller,
+    Path(segment): Path<String>,
+) -> GraphResult<Json<Value>> {
+    let token = token_of_segment(&segment).ok_or_else(|| unknown_segment(&segment))?;
+    let mut state = sim.lock();
+    let drive_id = my_drive_id(&state, &caller)?;
+    let drive_id = owned_drive(&state, &drive_id, &caller)?.id.clone();
+    serve_delta(&sim, &mut state, &drive_id, Some(token))
 }
 
 /// `GET /drives/{drive_id}/root/delta`.
@@ -186,6 +374,24 @@ pub(crate) async fn delta(
     Path(drive_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> GraphResult<Json<Value>> {
-    let state = sim.lock();
-    latest_delta(&sim, owned_drive(&state, &drive_id, &caller)?, &query)
+    let mut state = sim.lock();
+    let drive_id = owned_drive(&state, &drive_id, &caller)?.id.clone();
+    serve_delta(
+        &sim,
+        &mut state,
+        &drive_id,
+        query.get("token").map(String::as_str),
+    )
+}
+
+/// `GET /drives/{drive_id}/root/delta(token='…')`.
+pub(crate) async fn delta_call(
+    State(sim): State<Sim>,
+    Caller(caller): Caller,
+    Path((drive_id, segment)): Path<(String, String)>,
+) -> GraphResult<Json<Value>> {
+    let token = token_of_segment(&segment).ok_or_else(|| unknown_segment(&segment))?;
+    let mut state = sim.lock();
+    let drive_id = owned_drive(&state, &drive_id, &caller)?.id.clone();
+    serve_delta(&sim, &mut state, &drive_id, Some(token))
 }
