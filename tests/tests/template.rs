@@ -824,12 +824,17 @@ fn connect_serves_the_user_routes_and_may_touch_only_its_table_key_queue_and_sec
         }
     }
     let none = Value::Null.to_string();
-    let purpose =
-        json!({"StringEquals": {"kms:EncryptionContext:graphfeed:purpose": "refresh-token"}}).to_string();
+    let own_items =
+        json!({"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["USER#*", "DRIVE#*"]}}).to_string();
+    let purpose = json!({
+        "StringEquals": {"kms:EncryptionContext:graphfeed:purpose": "refresh-token"},
+        "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["graphfeed:tenant", "graphfeed:user", "graphfeed:purpose"]}
+    })
+    .to_string();
     let expected: BTreeSet<(String, String, String)> = [
-        ("dynamodb:GetItem", arn_of("Table"), &none),
-        ("dynamodb:PutItem", arn_of("Table"), &none),
-        ("dynamodb:DeleteItem", arn_of("Table"), &none),
+        ("dynamodb:GetItem", arn_of("Table"), &own_items),
+        ("dynamodb:PutItem", arn_of("Table"), &own_items),
+        ("dynamodb:DeleteItem", arn_of("Table"), &own_items),
         ("kms:GenerateDataKey", arn_of("TokenKey"), &purpose),
         ("kms:Decrypt", arn_of("TokenKey"), &purpose),
         ("sqs:SendMessage", arn_of("NotificationsQueue"), &none),
