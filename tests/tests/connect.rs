@@ -27,6 +27,34 @@ async fn call(stack: &TestStack, method: reqwest::Method, token: Option<&str>) -
     request.send().await.unwrap()
 }
 
+/// The status of a call with `token`.
+async fn status_of(stack: &TestStack, method: reqwest::Method, token: &str) -> reqwest::StatusCode {
+    call(stack, method, Some(token)).await.status()
+}
+
+/// The JSON body of a call with `token`.
+async fn json_of(stack: &TestStack, method: reqwest::Method, token: &str) -> serde_json::Value {
+    call(stack, method, Some(token)).await.json().await.unwrap()
+}
+
+/// Changes the stored drive state as the processor would (a versioned write).
+async fn change_drive_state(
+    stack: &TestStack,
+    drive_key: &str,
+    change: impl FnOnce(&mut shared::store::DriveState),
+) {
+    use shared::store::ConnectionStore;
+    let store = shared::store::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&stack.aws),
+        stack.running.connect_env.get("TABLE_NAME").unwrap(),
+    );
+    let drive_key = shared::ids::DriveKey::parse(drive_key).unwrap();
+    let mut state = store.drive(&drive_key).await.unwrap().unwrap();
+    change(&mut state);
+    state.version += 1;
+    store.put_drive(&state).await.unwrap();
+}
+
 fn live_subscriptions(stack: &TestStack, user: &User) -> Vec<graph_sim::Subscription> {
     stack
         .sim
@@ -80,11 +108,7 @@ async fn a_signed_in_user_is_connected_through_a_real_handshake_with_a_baseline_
     let stored = vault(&stack).load(&user_key(&user)).await.unwrap();
     assert!(stored.is_some(), "the refresh token is in the vault");
 
-    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = json_of(&stack, reqwest::Method::GET, &user.token).await;
     assert_eq!(status["state"], "baseline_pending");
     assert_eq!(status["subscription_id"], body["subscription_id"]);
     assert_eq!(status["needs_reauth"], false);
@@ -125,11 +149,7 @@ async fn connecting_again_returns_the_live_subscription_and_two_concurrent_conne
     assert_eq!(a["subscription_id"], b["subscription_id"]);
     assert_eq!(live_subscriptions(&stack, &user).len(), 1);
 
-    let again: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: serde_json::Value = json_of(&stack, reqwest::Method::POST, &user.token).await;
     assert_eq!(again["subscription_id"], a["subscription_id"]);
     assert_eq!(live_subscriptions(&stack, &user).len(), 1);
 }
@@ -184,9 +204,7 @@ async fn a_rotated_signing_key_is_followed() {
     let stack = TestStack::start().await;
     let user = new_user(&stack);
     assert_eq!(
-        call(&stack, reqwest::Method::GET, Some(&user.token))
-            .await
-            .status(),
+        status_of(&stack, reqwest::Method::GET, &user.token).await,
         404,
         "not connected yet"
     );
@@ -199,10 +217,7 @@ async fn a_rotated_signing_key_is_followed() {
         .mint_api_token(&ApiToken::new(user.created.user_id.clone()))
         .unwrap()
         .token;
-    assert_eq!(
-        call(&stack, reqwest::Method::POST, Some(&fresh)).await.status(),
-        200
-    );
+    assert_eq!(status_of(&stack, reqwest::Method::POST, &fresh).await, 200);
 }
 
 #[tokio::test]
@@ -252,42 +267,19 @@ async fn entra_errors_become_answers_the_client_can_act_on() {
 async fn disconnect_leaves_no_token_no_subscription_and_only_the_tombstone_and_is_idempotent() {
     let stack = TestStack::start().await;
     let user = new_user(&stack);
-    assert_eq!(
-        call(&stack, reqwest::Method::POST, Some(&user.token))
-            .await
-            .status(),
-        200
-    );
-    assert_eq!(
-        call(&stack, reqwest::Method::DELETE, Some(&user.token))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(status_of(&stack, reqwest::Method::POST, &user.token).await, 200);
+    assert_eq!(status_of(&stack, reqwest::Method::DELETE, &user.token).await, 204);
 
     assert!(live_subscriptions(&stack, &user).is_empty());
     assert!(vault(&stack).load(&user_key(&user)).await.unwrap().is_none());
-    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = json_of(&stack, reqwest::Method::GET, &user.token).await;
     assert_eq!(status["state"], "disconnected");
     assert_eq!(status["subscription_id"], serde_json::Value::Null);
 
-    assert_eq!(
-        call(&stack, reqwest::Method::DELETE, Some(&user.token))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(status_of(&stack, reqwest::Method::DELETE, &user.token).await, 204);
 
     // A reconnect continues: same drive key, the next generation, a new subscription.
-    let again: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: serde_json::Value = json_of(&stack, reqwest::Method::POST, &user.token).await;
     assert_eq!(live_subscriptions(&stack, &user).len(), 1);
     assert_eq!(again["walk"], "baseline");
 }
@@ -335,12 +327,7 @@ async fn graphs_create_errors_become_clear_answers() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "subscription_quota_reached");
     // Once Graph accepts, the same user connects.
-    assert_eq!(
-        call(&stack, reqwest::Method::POST, Some(&user.token))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&stack, reqwest::Method::POST, &user.token).await, 200);
 }
 
 #[tokio::test]
@@ -375,11 +362,7 @@ async fn a_foreign_subscription_on_the_drive_is_replaced_by_one_notify_can_verif
         .await
         .unwrap();
 
-    let body: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value = json_of(&stack, reqwest::Method::POST, &user.token).await;
     let subs = live_subscriptions(&stack, &user);
     assert_eq!(subs.len(), 1);
     assert_ne!(subs[0].id, foreign.id, "the unverifiable one is gone");
@@ -398,11 +381,7 @@ async fn a_foreign_subscription_on_the_drive_is_replaced_by_one_notify_can_verif
 async fn a_connect_inside_the_renewal_window_renews_with_graphs_expiry() {
     let stack = TestStack::start().await;
     let user = new_user(&stack);
-    let first: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: serde_json::Value = json_of(&stack, reqwest::Method::POST, &user.token).await;
     // 27 days on, the subscription has less than 72 hours left.
     stack.clock.advance(chrono::Duration::days(27));
     let token = stack
@@ -411,11 +390,7 @@ async fn a_connect_inside_the_renewal_window_renews_with_graphs_expiry() {
         .mint_api_token(&ApiToken::new(user.created.user_id.clone()))
         .unwrap()
         .token;
-    let second: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let second: serde_json::Value = json_of(&stack, reqwest::Method::POST, &token).await;
     assert_eq!(
         second["subscription_id"], first["subscription_id"],
         "renewed, not recreated"
@@ -436,33 +411,20 @@ async fn a_connect_inside_the_renewal_window_renews_with_graphs_expiry() {
 
 #[tokio::test]
 async fn a_reconnect_that_still_has_a_delta_link_queues_a_catch_up_instead_of_a_baseline() {
-    use shared::store::{ConnectionStore, DriveStatus};
+    use shared::store::DriveStatus;
     let stack = TestStack::start().await;
     let user = new_user(&stack);
-    let first: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: serde_json::Value = json_of(&stack, reqwest::Method::POST, &user.token).await;
     assert_eq!(first["walk"], "baseline");
     // The processor completed the baseline and stored a deltaLink.
-    let store = shared::store::DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&stack.aws),
-        stack.running.connect_env.get("TABLE_NAME").unwrap(),
-    );
-    let drive_key = shared::ids::DriveKey::parse(first["drive_key"].as_str().unwrap()).unwrap();
-    let mut state = store.drive(&drive_key).await.unwrap().unwrap();
-    state.delta_link = Some("http://127.0.0.1/v1.0/drives/d/root/delta?token=x".into());
-    state.state = DriveStatus::Active;
-    state.version += 1;
-    store.put_drive(&state).await.unwrap();
+    change_drive_state(&stack, first["drive_key"].as_str().unwrap(), |state| {
+        state.delta_link = Some("http://127.0.0.1/v1.0/drives/d/root/delta?token=x".into());
+        state.state = DriveStatus::Active;
+    })
+    .await;
     stack.drain().await;
 
-    let again: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: serde_json::Value = json_of(&stack, reqwest::Method::POST, &user.token).await;
     assert_eq!(again["walk"], "catch-up");
     let queued = stack.wait_for_messages(1, Duration::from_secs(5)).await;
     assert_eq!(queued[0].envelope.kind, Kind::CatchUp);
@@ -486,12 +448,7 @@ async fn a_connect_that_failed_after_storing_the_token_leaves_nothing_after_disc
         vault(&stack).load(&user_key(&user)).await.unwrap().is_some(),
         "the token was stored before the drive call"
     );
-    assert_eq!(
-        call(&stack, reqwest::Method::DELETE, Some(&user.token))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(status_of(&stack, reqwest::Method::DELETE, &user.token).await, 204);
     assert!(vault(&stack).load(&user_key(&user)).await.unwrap().is_none());
 }
 
@@ -499,12 +456,7 @@ async fn a_connect_that_failed_after_storing_the_token_leaves_nothing_after_disc
 async fn a_user_who_revoked_consent_can_still_disconnect_and_the_subscription_goes_too() {
     let stack = TestStack::start().await;
     let user = new_user(&stack);
-    assert_eq!(
-        call(&stack, reqwest::Method::POST, Some(&user.token))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&stack, reqwest::Method::POST, &user.token).await, 200);
     // On-behalf-of now fails; the stored refresh token still gets a Graph token.
     stack
         .sim
@@ -515,46 +467,24 @@ async fn a_user_who_revoked_consent_can_still_disconnect_and_the_subscription_go
             Repeat::Times(1),
         )
         .unwrap();
-    assert_eq!(
-        call(&stack, reqwest::Method::DELETE, Some(&user.token))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(status_of(&stack, reqwest::Method::DELETE, &user.token).await, 204);
     assert!(live_subscriptions(&stack, &user).is_empty());
     assert!(vault(&stack).load(&user_key(&user)).await.unwrap().is_none());
-    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = json_of(&stack, reqwest::Method::GET, &user.token).await;
     assert_eq!(status["state"], "disconnected");
 }
 
 #[tokio::test]
 async fn reconnecting_clears_needs_reauth_and_reauthorizes_the_subscription() {
-    use shared::store::{ConnectionStore, DriveStatus};
+    use shared::store::DriveStatus;
     let stack = TestStack::start().await;
     let user = new_user(&stack);
-    let first: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let store = shared::store::DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&stack.aws),
-        stack.running.connect_env.get("TABLE_NAME").unwrap(),
-    );
-    let drive_key = shared::ids::DriveKey::parse(first["drive_key"].as_str().unwrap()).unwrap();
-    let mut state = store.drive(&drive_key).await.unwrap().unwrap();
-    state.state = DriveStatus::NeedsReauth;
-    state.version += 1;
-    store.put_drive(&state).await.unwrap();
-    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&user.token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: serde_json::Value = json_of(&stack, reqwest::Method::POST, &user.token).await;
+    change_drive_state(&stack, first["drive_key"].as_str().unwrap(), |state| {
+        state.state = DriveStatus::NeedsReauth
+    })
+    .await;
+    let status: serde_json::Value = json_of(&stack, reqwest::Method::GET, &user.token).await;
     assert_eq!(status["needs_reauth"], true);
 
     stack.clock.advance(chrono::Duration::hours(1));
@@ -564,21 +494,13 @@ async fn reconnecting_clears_needs_reauth_and_reauthorizes_the_subscription() {
         .mint_api_token(&ApiToken::new(user.created.user_id.clone()))
         .unwrap()
         .token;
-    let again: serde_json::Value = call(&stack, reqwest::Method::POST, Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again: serde_json::Value = json_of(&stack, reqwest::Method::POST, &token).await;
     assert_eq!(again["subscription_id"], first["subscription_id"]);
     assert_ne!(
         again["expires_at"], first["expires_at"],
         "the subscription was PATCHed (renewed and reauthorized)"
     );
-    let status: serde_json::Value = call(&stack, reqwest::Method::GET, Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let status: serde_json::Value = json_of(&stack, reqwest::Method::GET, &token).await;
     assert_eq!(
         (status["needs_reauth"].clone(), status["state"].clone()),
         (serde_json::json!(false), serde_json::json!("baseline_pending"))
