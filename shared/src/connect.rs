@@ -20,13 +20,11 @@ use crate::client_state::KeyStore;
 use crate::clock::SharedClock;
 use crate::entra::{EntraClient, EntraError};
 use crate::envelope::{Envelope, Kind};
-use crate::graph::{GraphClient, GraphError, NewSubscription, conflicting_subscription_id};
+use crate::graph::{GraphClient, GraphError};
 use crate::ids::{DriveKey, UserKey};
 use crate::queue::{NotificationQueue, OutgoingMessage, QueueError, send_all};
-use crate::store::{
-    ConnectionStore, DriveState, DriveStatus, StoreError, SubscriptionRecord, UserRecord, begin_connection,
-    tombstone,
-};
+use crate::store::{ConnectionStore, DriveStatus, StoreError, UserRecord, begin_connection, tombstone};
+use crate::subscriptions::{SubscriptionError, Subscriptions};
 use crate::vault::{TokenVault, VaultError};
 
 /// Graph's maximum driveItem subscription lifetime (graph-protocol.md §1.3).
@@ -64,6 +62,15 @@ pub enum ConnectError {
     DisconnectedMeanwhile,
 }
 
+impl From<SubscriptionError> for ConnectError {
+    fn from(e: SubscriptionError) -> Self {
+        match e {
+            SubscriptionError::Graph(e) => ConnectError::Graph(e),
+            SubscriptionError::Store(e) => ConnectError::Store(e),
+        }
+    }
+}
+
 /// The outcome of a connect.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Connection {
@@ -88,6 +95,17 @@ pub struct Connector {
 }
 
 impl Connector {
+    /// The subscription rules, shared with process-changes and renew.
+    pub fn subscriptions(&self) -> Subscriptions<'_> {
+        Subscriptions {
+            graph: &self.graph,
+            store: self.store.as_ref(),
+            keys: &self.keys,
+            clock: &self.clock,
+            renew_window: self.renew_window,
+        }
+    }
+
     /// Connects (or reconnects) the caller whose API token is `assertion`.
     pub async fn connect(
         &self,
@@ -117,7 +135,8 @@ impl Connector {
         let (state, reauthorized) =
             begin_connection(self.store.as_ref(), &record.drive_key, user, &drive.id).await?;
         let subscription = self
-            .ensure_subscription(
+            .subscriptions()
+            .ensure(
                 user,
                 &state,
                 reauthorized,
@@ -180,163 +199,6 @@ impl Connector {
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-
-    async fn ensure_subscription(
-        &self,
-        user: &UserKey,
-        state: &DriveState,
-        reauthorized: bool,
-        resource: &str,
-        urls: &NotificationUrls,
-        token: &SecretString,
-    ) -> Result<SubscriptionRecord, ConnectError> {
-        let now = self.clock.now();
-        let existing = self.store.subscription(&state.drive_key).await?;
-        if let Some(current) = &existing {
-            let same_generation = current.generation == state.generation;
-            if same_generation && !reauthorized && current.expires_at > now + self.renew_window {
-                return Ok(current.clone());
-            }
-            if same_generation {
-                // Inside the renewal window, or the user is back from needs_reauth: one PATCH
-                // renews and reauthorizes (graph-protocol.md §4).
-                match self
-                    .graph
-                    .renew_subscription(
-                        token,
-                        &current.subscription_id,
-                        now + MAX_LIFETIME - LIFETIME_MARGIN,
-                    )
-                    .await
-                {
-                    Ok(renewed) => {
-                        let next = SubscriptionRecord {
-                            expires_at: renewed.expiration_date_time,
-                            version: current.version + 1,
-                            ..current.clone()
-                        };
-                        return self.save_subscription(next, token).await;
-                    }
-                    Err(e) if e.status() == Some(404) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            } else {
-                // A subscription of an earlier connection: gone from Graph before ours is made.
-                self.graph
-                    .delete_subscription(token, &current.subscription_id)
-                    .await?;
-            }
-        }
-        let ring = self.keys.ring();
-        let client_state = ring.mint(&user.tenant, &state.drive_key);
-        let request = NewSubscription {
-            resource,
-            notification_url: &urls.notification,
-            lifecycle_notification_url: Some(&urls.lifecycle),
-            expiration: now + MAX_LIFETIME - LIFETIME_MARGIN,
-            client_state: &client_state,
-        };
-        let (created, key_id) = match self.graph.create_subscription(token, &request).await {
-            Ok(s) => (s, ring.active().to_string()),
-            Err(e) => match conflicting_subscription_id(&e) {
-                Some(id) => self.adopt_or_replace(user, state, &id, &request, token).await?,
-                None => return Err(e.into()),
-            },
-        };
-        let next = SubscriptionRecord {
-            drive_key: state.drive_key,
-            subscription_id: created.id,
-            expires_at: created.expiration_date_time,
-            key_id,
-            resource: resource.to_owned(),
-            generation: state.generation,
-            version: existing.as_ref().map_or(1, |e| e.version + 1),
-        };
-        self.save_subscription(next, token).await
-    }
-
-    /// A 409: Graph already has a subscription for this drive (a concurrent connect, or one whose
-    /// record was lost). Ours when the record names it, or when its clientState verifies for
-    /// this drive: adopt it, under the key it was made with. Otherwise notify could not verify
-    /// its notifications: delete it and create ours.
-    async fn adopt_or_replace(
-        &self,
-        user: &UserKey,
-        state: &DriveState,
-        id: &str,
-        request: &NewSubscription<'_>,
-        token: &SecretString,
-    ) -> Result<(crate::graph::Subscription, String), ConnectError> {
-        let found = self.graph.get_subscription_with_state(token, id).await?;
-        if let Some(recorded) = self.store.subscription(&state.drive_key).await?
-            && recorded.subscription_id == id
-        {
-            return Ok((found.subscription, recorded.key_id));
-        }
-        let verified = found
-            .client_state()
-            .and_then(|cs| self.keys.ring().verify(cs, &user.tenant).ok())
-            .filter(|v| v.drive_key == state.drive_key);
-        if let Some(v) = verified {
-            return Ok((found.subscription, v.key_id.to_string()));
-        }
-        self.graph.delete_subscription(token, id).await?;
-        let created = self.graph.create_subscription(token, request).await?;
-        Ok((created, self.keys.ring().active().to_string()))
-    }
-
-    /// Stores the subscription record. When a concurrent connect stored another first, Graph
-    /// decides: if the stored subscription still exists it wins and ours (if different) is
-    /// deleted; if Graph no longer knows it, ours replaces it.
-    async fn save_subscription(
-        &self,
-        next: SubscriptionRecord,
-        token: &SecretString,
-    ) -> Result<SubscriptionRecord, ConnectError> {
-        for _ in 0..3 {
-            match self.store.put_subscription(&next).await {
-                Ok(()) => return Ok(next),
-                Err(StoreError::Conflict) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let Some(stored) = self.store.subscription(&next.drive_key).await? else {
-                // Deleted meanwhile (a disconnect): write ours as the first version.
-                let first = SubscriptionRecord {
-                    version: 1,
-                    ..next.clone()
-                };
-                match self.store.put_subscription(&first).await {
-                    Ok(()) => return Ok(first),
-                    Err(StoreError::Conflict) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            };
-            if stored.subscription_id == next.subscription_id {
-                return Ok(stored);
-            }
-            match self.graph.get_subscription(token, &stored.subscription_id).await {
-                Ok(_) => {
-                    self.graph
-                        .delete_subscription(token, &next.subscription_id)
-                        .await?;
-                    return Ok(stored);
-                }
-                Err(e) if e.status() == Some(404) => {
-                    let replace = SubscriptionRecord {
-                        version: stored.version + 1,
-                        ..next.clone()
-                    };
-                    match self.store.put_subscription(&replace).await {
-                        Ok(()) => return Ok(replace),
-                        Err(StoreError::Conflict) => continue,
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Conflict.into())
     }
 
     /// Disconnects: leaves the tombstone first (so a walk under way can no longer write), deletes

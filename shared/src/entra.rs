@@ -172,6 +172,40 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> EntraErr
     }
 }
 
+/// The client secret's Secrets Manager ARN (read once per cold start).
+pub const ENTRA_CLIENT_SECRET_ARN: &str = "ENTRA_CLIENT_SECRET_ARN";
+/// The client secret itself: local runs only (refused inside AWS Lambda).
+pub const ENTRA_CLIENT_SECRET: &str = "ENTRA_CLIENT_SECRET";
+
+/// Why the client secret could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSecretError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
+}
+
+/// graphfeed's Entra client secret: from Secrets Manager (`ENTRA_CLIENT_SECRET_ARN`), or locally
+/// from `ENTRA_CLIENT_SECRET`.
+pub async fn client_secret(
+    env: &crate::config::Env,
+    aws: &aws_config::SdkConfig,
+) -> Result<SecretString, ClientSecretError> {
+    use crate::secrets::{SecretSource, SecretsManagerSecret};
+    if let Some(arn) = env.get(ENTRA_CLIENT_SECRET_ARN) {
+        let source = SecretsManagerSecret::new(aws_sdk_secretsmanager::Client::new(aws), arn);
+        return Ok(source.fetch().await?);
+    }
+    match env.get(ENTRA_CLIENT_SECRET) {
+        Some(s) if !env.in_aws() => Ok(SecretString::from(s.to_owned())),
+        _ => Err(crate::config::ConfigError::Missing {
+            var: ENTRA_CLIENT_SECRET_ARN,
+        }
+        .into()),
+    }
+}
+
 /// The token endpoint client, with graphfeed's client secret (read once per cold start).
 pub struct EntraClient {
     http: reqwest::Client,

@@ -8,8 +8,7 @@
 //! - Graph's error envelope (`{"error":{"code","message","innerError":{...}}}`) parsed into a
 //!   typed [`GraphError`] that says whether a retry can help and after how long (§1.6, §8).
 //!
-//! notify never calls Graph; connect, renew and process-changes do (later issues add delta and
-//! the token endpoints here).
+//! notify never calls Graph; connect, renew and process-changes do.
 
 use std::time::Duration;
 
@@ -373,6 +372,62 @@ impl GraphClient {
             Err(e) if e.status() == Some(404) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// One delta page (graph-protocol.md §5): `link` is a path (the drive's first call, see
+    /// [`crate::delta::initial_path`]) or a link Graph gave, GET verbatim. A link to another
+    /// origin is refused, so the token never leaves for a host that is not Graph.
+    pub async fn delta_page(
+        &self,
+        token: &SecretString,
+        link: &str,
+    ) -> Result<crate::delta::DeltaPage, crate::delta::DeltaError> {
+        use crate::delta::{DeltaError, classify, parse_page};
+        let url = if link.starts_with("https://") || link.starts_with("http://") {
+            let parsed = url::Url::parse(link).map_err(|_| DeltaError::ForeignLink)?;
+            let base = url::Url::parse(&self.base).map_err(|_| DeltaError::ForeignLink)?;
+            if parsed.origin() != base.origin() {
+                return Err(DeltaError::ForeignLink);
+            }
+            link.to_owned()
+        } else {
+            format!("{}/{}", self.base, link.trim_start_matches('/'))
+        };
+        let request = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose_secret())
+            .header("client-request-id", uuid::Uuid::new_v4().to_string());
+        let response = request.send().await.map_err(|e| {
+            DeltaError::Graph(GraphError::Transport {
+                timeout: e.is_timeout(),
+                reason: e.without_url().to_string(),
+            })
+        })?;
+        let status = response.status();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header("retry-after");
+        let request_id = header("request-id");
+        let location = header("location");
+        let body = response.bytes().await.map_err(|e| {
+            DeltaError::Graph(GraphError::Transport {
+                timeout: e.is_timeout(),
+                reason: e.without_url().to_string(),
+            })
+        })?;
+        if status.is_success() {
+            return parse_page(&body);
+        }
+        Err(classify(
+            error_from_parts(status, retry_after.as_deref(), request_id.as_deref(), &body),
+            location,
+        ))
     }
 
     /// `POST /subscriptions/{id}/reauthorize` (§4). Never within 10 minutes of a PATCH.

@@ -94,6 +94,27 @@ pub async fn send_all(queue: &dyn NotificationQueue, messages: &[OutgoingMessage
     }
 }
 
+/// Sends every message in order: one batch after another, each retried once like
+/// [`send_all`]; stops at the first batch the queue did not fully accept. For the changes queue,
+/// where a drive's events must arrive in sequence order (deduplication ids are deterministic
+/// there, so a resend after a partial failure is dropped by SQS, not duplicated).
+pub async fn send_in_order(
+    queue: &dyn NotificationQueue,
+    messages: &[OutgoingMessage],
+) -> Result<(), QueueError> {
+    for batch in batches(messages) {
+        let failures = send_with_one_retry(queue, batch).await?;
+        if let Some(first) = failures.first() {
+            return Err(QueueError::Refused {
+                refused: failures.len(),
+                total: messages.len(),
+                first_code: first.code.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 async fn send_with_one_retry(
     queue: &dyn NotificationQueue,
     batch: &[OutgoingMessage],

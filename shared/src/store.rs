@@ -65,7 +65,59 @@ pub struct DriveState {
     pub seq_high_water: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_walk_completed_at: Option<DateTime<Utc>>,
+    /// When the last *completed* walk started: a notification received before it was already
+    /// seen by that walk (coalescing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_walk_started_at: Option<DateTime<Utc>>,
+    /// The walk under way, if any (process-changes resumes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
     pub version: u64,
+}
+
+/// What kind of walk a checkpoint is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalkMode {
+    /// No deltaLink yet: fill the index, emit only `baseline-complete`.
+    Baseline,
+    /// Changes since the stored deltaLink.
+    Incremental,
+    /// A full enumeration after a 410: unseen index items become deletes.
+    Resync,
+}
+
+/// A walk under way, saved after every page so a crash or a timeout resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Names the walk's staged pages (and, for a baseline, marks the index entries it wrote).
+    pub walk_id: String,
+    pub started_at: DateTime<Utc>,
+    pub mode: WalkMode,
+    /// The link to GET next, while paging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+    /// The deltaLink, once the last page was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_link: Option<String>,
+    /// Pages read so far (the guard against endless walks).
+    pub pages: u32,
+    /// Staged chunks written so far (the next chunk's number).
+    pub chunks: u32,
+    /// A baseline that restarted after a 410: index entries it did not write are dropped at its end.
+    #[serde(default)]
+    pub restarted: bool,
+    /// Set once the walk's events are in the change log: the sequence before the first one and
+    /// how many. A replay from here only applies the index and commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logged: Option<Logged>,
+}
+
+/// A walk's events as logged: sequences `base + 1 ..= base + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logged {
+    pub base: u64,
+    pub count: u64,
 }
 
 /// A drive's Graph subscription (pk `DRIVE#<drive key>`, sk `SUB`).
@@ -320,6 +372,8 @@ pub async fn begin_connection(
                     delta_link: None,
                     seq_high_water: 0,
                     last_walk_completed_at: None,
+                    last_walk_started_at: None,
+                    checkpoint: None,
                     version: 1,
                 },
                 false,
@@ -329,6 +383,7 @@ pub async fn begin_connection(
                     generation: current.generation + 1,
                     state: DriveStatus::BaselinePending,
                     delta_link: None,
+                    checkpoint: None,
                     drive_id: drive_id.to_owned(),
                     version: current.version + 1,
                     ..current
@@ -372,6 +427,7 @@ pub async fn tombstone(store: &dyn ConnectionStore, drive_key: &DriveKey) -> Res
             generation: current.generation + 1,
             state: DriveStatus::Disconnected,
             delta_link: None,
+            checkpoint: None,
             version: current.version + 1,
             ..current
         };

@@ -7,7 +7,6 @@ pub mod handler;
 
 use std::sync::Arc;
 
-use secrecy::SecretString;
 use shared::auth::{AuthConfig, TokenValidator};
 use shared::client_state::{KeyStore, KeyStoreError};
 use shared::clock::SharedClock;
@@ -16,14 +15,13 @@ use shared::connect::{Connector, DEFAULT_RENEW_WINDOW};
 use shared::entra::{EntraClient, EntraConfig, EntraError};
 use shared::graph::{GraphClient, GraphError};
 use shared::queue::SqsQueue;
-use shared::secrets::{SecretError, SecretSource, SecretsManagerSecret};
+use shared::secrets::SecretError;
 use shared::store::DynamoStore;
 use shared::vault::{KmsDynamoVault, VaultConfig};
 
 pub use handler::Connect;
 
-pub const ENTRA_CLIENT_SECRET_ARN: &str = "ENTRA_CLIENT_SECRET_ARN";
-pub const ENTRA_CLIENT_SECRET: &str = "ENTRA_CLIENT_SECRET";
+pub use shared::entra::{ENTRA_CLIENT_SECRET, ENTRA_CLIENT_SECRET_ARN};
 pub const NOTIFICATION_URL: &str = "NOTIFICATION_URL";
 pub const LIFECYCLE_NOTIFICATION_URL: &str = "LIFECYCLE_NOTIFICATION_URL";
 pub const RENEW_WINDOW_MINUTES: &str = "RENEW_WINDOW_MINUTES";
@@ -35,6 +33,8 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("connect could not read a secret: {0}")]
     Secret(#[from] SecretError),
+    #[error("connect could not read its Entra client secret: {0}")]
+    ClientSecret(#[from] shared::entra::ClientSecretError),
     #[error("connect could not load its clientState keys: {0}")]
     Keys(#[from] KeyStoreError),
     #[error("connect could not build its Entra client: {0}")]
@@ -51,7 +51,7 @@ pub async fn wire(
 ) -> Result<Connect, StartupError> {
     let auth = AuthConfig::from_env(env)?;
     let entra = EntraConfig::from_env(env)?;
-    let client_secret = client_secret(env, aws).await?;
+    let client_secret = shared::entra::client_secret(env, aws).await?;
     let queue_url = FifoQueueUrl::parse(NOTIFICATIONS_QUEUE_URL, env.required(NOTIFICATIONS_QUEUE_URL)?)?;
     let vault_config = VaultConfig::from_env(env)?;
     let keys = KeyStore::from_config(&ClientStateKeys::from_env(env)?, aws, clock.clone()).await?;
@@ -98,20 +98,4 @@ pub async fn wire(
         connector,
         urls,
     ))
-}
-
-/// The client secret: from Secrets Manager (`ENTRA_CLIENT_SECRET_ARN`, read once per cold
-/// start), or locally from `ENTRA_CLIENT_SECRET`.
-async fn client_secret(env: &Env, aws: &aws_config::SdkConfig) -> Result<SecretString, StartupError> {
-    if let Some(arn) = env.get(ENTRA_CLIENT_SECRET_ARN) {
-        let source = SecretsManagerSecret::new(aws_sdk_secretsmanager::Client::new(aws), arn);
-        return Ok(source.fetch().await?);
-    }
-    match env.get(ENTRA_CLIENT_SECRET) {
-        Some(s) if !env.in_aws() => Ok(SecretString::from(s.to_owned())),
-        _ => Err(ConfigError::Missing {
-            var: ENTRA_CLIENT_SECRET_ARN,
-        }
-        .into()),
-    }
 }
