@@ -231,6 +231,39 @@ impl NotificationQueue for SqsQueue {
     }
 }
 
+/// An in-memory queue that accepts everything and keeps it (tests and benchmarks).
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    sent: std::sync::Mutex<Vec<OutgoingMessage>>,
+}
+
+impl MemoryQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything sent so far, in order.
+    pub fn sent(&self) -> Vec<OutgoingMessage> {
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl NotificationQueue for MemoryQueue {
+    fn send_batch<'a>(
+        &'a self,
+        batch: &'a [OutgoingMessage],
+    ) -> BoxFuture<'a, Result<Vec<EntryFailure>, QueueError>> {
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(batch.iter().cloned());
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

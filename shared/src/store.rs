@@ -439,3 +439,90 @@ pub async fn tombstone(store: &dyn ConnectionStore, drive_key: &DriveKey) -> Res
     }
     Err(StoreError::Conflict)
 }
+
+/// An in-memory [`ConnectionStore`] with the same conditional rules (tests and benchmarks).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    users: std::sync::Mutex<HashMap<UserKey, UserRecord>>,
+    drives: std::sync::Mutex<HashMap<DriveKey, DriveState>>,
+    subscriptions: std::sync::Mutex<HashMap<DriveKey, SubscriptionRecord>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn guard<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn versioned_put<T: Clone>(
+    map: &mut HashMap<DriveKey, T>,
+    key: DriveKey,
+    next: &T,
+    version: u64,
+    current: Option<u64>,
+) -> Result<(), StoreError> {
+    let ok = match current {
+        None => version <= 1,
+        Some(v) => version > 1 && v == version - 1,
+    };
+    if !ok {
+        return Err(StoreError::Conflict);
+    }
+    map.insert(key, next.clone());
+    Ok(())
+}
+
+impl ConnectionStore for MemoryStore {
+    fn user(&self, user: &UserKey) -> BoxFuture<'_, Result<Option<UserRecord>, StoreError>> {
+        let found = guard(&self.users).get(user).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn create_user<'a>(
+        &'a self,
+        user: &'a UserKey,
+        record: &'a UserRecord,
+    ) -> BoxFuture<'a, Result<UserRecord, StoreError>> {
+        let stored = guard(&self.users)
+            .entry(user.clone())
+            .or_insert_with(|| record.clone())
+            .clone();
+        Box::pin(async move { Ok(stored) })
+    }
+
+    fn drive(&self, drive_key: &DriveKey) -> BoxFuture<'_, Result<Option<DriveState>, StoreError>> {
+        let found = guard(&self.drives).get(drive_key).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn put_drive<'a>(&'a self, next: &'a DriveState) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut drives = guard(&self.drives);
+        let current = drives.get(&next.drive_key).map(|d| d.version);
+        let result = versioned_put(&mut drives, next.drive_key, next, next.version, current);
+        Box::pin(async move { result })
+    }
+
+    fn subscription(
+        &self,
+        drive_key: &DriveKey,
+    ) -> BoxFuture<'_, Result<Option<SubscriptionRecord>, StoreError>> {
+        let found = guard(&self.subscriptions).get(drive_key).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn put_subscription<'a>(&'a self, next: &'a SubscriptionRecord) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut subs = guard(&self.subscriptions);
+        let current = subs.get(&next.drive_key).map(|s| s.version);
+        let result = versioned_put(&mut subs, next.drive_key, next, next.version, current);
+        Box::pin(async move { result })
+    }
+
+    fn delete_subscription<'a>(&'a self, drive_key: &'a DriveKey) -> BoxFuture<'a, Result<(), StoreError>> {
+        guard(&self.subscriptions).remove(drive_key);
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -157,3 +157,18 @@ impl AccessTokenSource for RefreshingTokens {
             .remove(user);
     }
 }
+
+/// A fixed token for every user (tests and benchmarks against the simulator).
+pub struct StaticToken(pub SecretString);
+
+impl AccessTokenSource for StaticToken {
+    fn token<'a>(
+        &'a self,
+        _user: &'a UserKey,
+    ) -> futures::future::BoxFuture<'a, Result<SecretString, TokenError>> {
+        let token = self.0.clone();
+        Box::pin(async move { Ok(token) })
+    }
+
+    fn forget(&self, _user: &UserKey) {}
+}
