@@ -386,8 +386,8 @@ fn the_notifications_queue_redrives_to_a_fifo_dead_letter_queue() {
     let t = template();
     let queue = properties(&t, "NotificationsQueue");
     assert_eq!(
-        queue["RedrivePolicy"],
-        json!({ "deadLetterTargetArn": arn_of("NotificationsDeadLetterQueue"), "maxReceiveCount": 5 })
+        queue["RedrivePolicy"]["deadLetterTargetArn"],
+        arn_of("NotificationsDeadLetterQueue")
     );
 
     let dlq = properties(&t, "NotificationsDeadLetterQueue");
@@ -709,6 +709,8 @@ fn outputs_name_the_notification_urls() {
             "LifecycleNotificationUrl",
             "NotificationsQueueUrl",
             "NotificationsDeadLetterQueueUrl",
+            "ChangesQueueUrl",
+            "ChangesQueueArn",
             "ClientStateKeysSecretArn",
             "TableName",
             "TokenKeyArn",
@@ -751,6 +753,9 @@ fn outputs_name_the_notification_urls() {
         outputs["ClientStateKeysSecretArn"]["Value"],
         reference("ClientStateKeysSecret")
     );
+    // The changes queue is the downstream contract: consumers find it here.
+    assert_eq!(outputs["ChangesQueueUrl"]["Value"], reference("ChangesQueue"));
+    assert_eq!(outputs["ChangesQueueArn"]["Value"], arn_of("ChangesQueue"));
 }
 
 // ---- samconfig.toml -----------------------------------------------------------------------------
@@ -865,4 +870,291 @@ fn connect_serves_the_user_routes_and_may_touch_only_its_table_key_queue_and_sec
         env.get("NOTIFICATION_URL").is_none(),
         "derived from the request's own domain: a !Ref to the API would be circular"
     );
+}
+
+// ---- process-changes -------------------------------------------------------------------------
+
+/// A number, or the default of the Number parameter it `!Ref`s.
+fn number_behind(t: &Value, value: &Value) -> i64 {
+    let value = match value.get("Ref").and_then(Value::as_str) {
+        Some(parameter) => {
+            assert_eq!(t["Parameters"][parameter]["Type"], "Number", "{parameter}");
+            &t["Parameters"][parameter]["Default"]
+        }
+        None => value,
+    };
+    value
+        .as_i64()
+        .unwrap_or_else(|| panic!("{value} is not a whole number or a Number parameter with a default"))
+}
+
+/// The one event source mapping that invokes `function`.
+fn event_source_mapping<'t>(t: &'t Value, function: &str) -> &'t Value {
+    let mappings: Vec<_> = resources_of(t, "AWS::Lambda::EventSourceMapping")
+        .into_iter()
+        .filter(|(_, m)| m["Properties"]["FunctionName"] == reference(function))
+        .collect();
+    assert_eq!(
+        mappings.len(),
+        1,
+        "{function} should have exactly one event source mapping"
+    );
+    &mappings[0].1["Properties"]
+}
+
+/// Every (action, resource, condition) a function's inline policies allow, all inline documents.
+fn grants_of(t: &Value, function: &str) -> BTreeSet<(String, String, String)> {
+    let mut grants = BTreeSet::new();
+    for policy in as_list(&properties(t, function)["Policies"]) {
+        let statements = policy
+            .get("Statement")
+            .unwrap_or_else(|| panic!("{function}: not an inline policy document: {policy}"));
+        for statement in as_list(statements) {
+            assert_eq!(statement["Effect"], "Allow", "{function}");
+            assert!(
+                statement.get("NotAction").is_none() && statement.get("NotResource").is_none(),
+                "{function}"
+            );
+            for action in as_list(&statement["Action"]) {
+                for resource in as_list(&statement["Resource"]) {
+                    grants.insert((
+                        action.as_str().expect("an action").to_owned(),
+                        resource.to_string(),
+                        statement["Condition"].to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    grants
+}
+
+#[test]
+fn process_changes_reads_the_notifications_queue_ten_at_a_time_reporting_batch_item_failures() {
+    let t = template();
+    // Not a SAM `Events: SQS`: that attaches AWSLambdaSQSQueueExecutionRole, which reaches every
+    // queue in the account.
+    assert!(
+        properties(&t, "ProcessChangesFunction").get("Events").is_none(),
+        "an SAM SQS event would grant the poller every queue in the account"
+    );
+    let mapping = event_source_mapping(&t, "ProcessChangesFunction");
+    assert_eq!(mapping["EventSourceArn"], arn_of("NotificationsQueue"));
+    assert_eq!(mapping["BatchSize"], 10, "a FIFO queue's most per batch");
+    assert_eq!(
+        mapping["FunctionResponseTypes"],
+        json!(["ReportBatchItemFailures"])
+    );
+    assert!(mapping.get("Enabled").is_none_or(|e| e == true));
+    assert!(
+        mapping.get("MaximumBatchingWindowInSeconds").is_none(),
+        "FIFO queues take no batching window"
+    );
+    assert!(
+        mapping.get("FilterCriteria").is_none(),
+        "a filtered-out message is deleted unseen"
+    );
+
+    // A bound on concurrent walks, inside what an event source mapping accepts (2 to 1000).
+    let concurrency = number_behind(&t, &mapping["ScalingConfig"]["MaximumConcurrency"]);
+    assert!(
+        (2..=1000).contains(&concurrency),
+        "MaximumConcurrency {concurrency}"
+    );
+    assert_eq!(concurrency, 20);
+
+    assert_eq!(effective(&t, "ProcessChangesFunction", "Timeout"), 60);
+    assert_eq!(effective(&t, "ProcessChangesFunction", "MemorySize"), 256);
+    assert_eq!(
+        resource(&t, "ProcessChangesFunction")["Metadata"]["BuildProperties"]["Binary"],
+        "process-changes"
+    );
+    assert_eq!(
+        properties(&t, "ProcessChangesFunction")["CodeUri"],
+        "functions/process-changes"
+    );
+}
+
+#[test]
+fn the_notifications_queue_hides_a_batch_for_at_least_six_times_process_changes_timeout() {
+    let t = template();
+    let timeout = effective(&t, "ProcessChangesFunction", "Timeout")
+        .as_i64()
+        .expect("a timeout");
+    let visibility = properties(&t, "NotificationsQueue")["VisibilityTimeout"]
+        .as_i64()
+        .expect("a visibility timeout");
+    // Lambda's advice for an SQS source: a batch retried after a throttle stays hidden meanwhile.
+    assert!(
+        visibility >= 6 * timeout,
+        "visibility {visibility} s is under 6 x process-changes' {timeout} s"
+    );
+    assert!(visibility <= 43_200, "SQS's most is 12 hours");
+}
+
+#[test]
+fn a_notification_reaches_the_dead_letter_queue_only_after_about_a_day_of_backoff() {
+    let t = template();
+    let receives = properties(&t, "NotificationsQueue")["RedrivePolicy"]["maxReceiveCount"]
+        .as_i64()
+        .expect("a maxReceiveCount");
+    assert!(receives >= 100, "maxReceiveCount {receives}");
+    // process-changes backs a failed message off for min(2^n s, 900 s), +-20%, after its n-th
+    // receive (or Graph's longer Retry-After): the DLQ may only see what failed for most of a day.
+    let most = shared::process::MAX_RETRY_DELAY.as_secs() as f64;
+    let nominal: f64 = (1..=receives).map(|n| 2_f64.powi(n as i32).min(most)).sum();
+    assert!(
+        nominal >= 22.0 * 3600.0,
+        "{receives} receives span only {nominal} s of backoff"
+    );
+    assert!(
+        0.8 * nominal >= 18.0 * 3600.0,
+        "{receives} receives span only {} s with the jitter",
+        0.8 * nominal
+    );
+}
+
+#[test]
+fn process_changes_is_told_every_store_queue_secret_and_url_by_environment() {
+    let t = template();
+    let variables = properties(&t, "ProcessChangesFunction")["Environment"]["Variables"].clone();
+    let base = "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}";
+    // The URLs it gives Graph on a re-subscribe are the routes notify serves (and the outputs).
+    let outputs = &t["Outputs"];
+    assert_eq!(variables["NOTIFICATION_URL"], outputs["NotificationUrl"]["Value"]);
+    assert_eq!(
+        variables["LIFECYCLE_NOTIFICATION_URL"],
+        outputs["LifecycleNotificationUrl"]["Value"]
+    );
+    let expected = json!({
+        "TABLE_NAME": reference("Table"),
+        "KMS_KEY_ID": arn_of("TokenKey"),
+        "NOTIFICATIONS_QUEUE_URL": reference("NotificationsQueue"),
+        "CHANGES_QUEUE_URL": reference("ChangesQueue"),
+        "DEAD_LETTER_QUEUE_URL": reference("NotificationsDeadLetterQueue"),
+        "ENTRA_TENANT_ID": reference("EntraTenantId"),
+        "ENTRA_CLIENT_ID": reference("EntraClientId"),
+        "ENTRA_CLIENT_SECRET_ARN": reference("EntraClientSecretSecret"),
+        "CLIENT_STATE_KEYS_SECRET_ARN": reference("ClientStateKeysSecret"),
+        "NOTIFICATION_URL": sub(&format!("{base}/notifications")),
+        "LIFECYCLE_NOTIFICATION_URL": sub(&format!("{base}/lifecycle")),
+        "CHANGE_LOG_RETENTION_DAYS": reference("ChangeLogRetentionDays"),
+        "RUST_LOG": "info",
+    });
+    assert_eq!(variables, expected);
+    assert_eq!(number_behind(&t, &reference("ChangeLogRetentionDays")), 7);
+}
+
+#[test]
+fn process_changes_may_touch_only_its_table_key_queues_and_secrets() {
+    let t = template();
+    let function = properties(&t, "ProcessChangesFunction");
+    assert!(function.get("Role").is_none() && function.get("PermissionsBoundary").is_none());
+
+    let none = Value::Null.to_string();
+    // The same grant on the token key as connect's: the vault's purpose and its three keys only.
+    let purpose = json!({
+        "StringEquals": {"kms:EncryptionContext:graphfeed:purpose": "refresh-token"},
+        "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["graphfeed:tenant", "graphfeed:user", "graphfeed:purpose"]}
+    })
+    .to_string();
+    let table_actions = [
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:Query",
+        "dynamodb:BatchGetItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:TransactWriteItems",
+        "dynamodb:ConditionCheckItem",
+    ];
+    let queue_actions = [
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+        "sqs:SendMessage",
+    ];
+    let mut expected: BTreeSet<(String, String, String)> = BTreeSet::new();
+    let mut grant = |action: &str, resource: Value, condition: &str| {
+        expected.insert((action.to_owned(), resource.to_string(), condition.to_owned()));
+    };
+    for action in table_actions {
+        // Every kind of item (DRIVE#, USER#, IDX#, LOG#, STAGE#, TENANT#), but the table only:
+        // never an index (the expiry index is renew's).
+        grant(action, arn_of("Table"), &none);
+    }
+    grant("kms:GenerateDataKey", arn_of("TokenKey"), &purpose);
+    grant("kms:Decrypt", arn_of("TokenKey"), &purpose);
+    for action in queue_actions {
+        grant(action, arn_of("NotificationsQueue"), &none);
+    }
+    grant("sqs:SendMessage", arn_of("ChangesQueue"), &none);
+    grant("sqs:SendMessage", arn_of("NotificationsDeadLetterQueue"), &none);
+    grant(
+        "secretsmanager:GetSecretValue",
+        reference("ClientStateKeysSecret"),
+        &none,
+    );
+    grant(
+        "secretsmanager:GetSecretValue",
+        reference("EntraClientSecretSecret"),
+        &none,
+    );
+    assert_eq!(grants_of(&t, "ProcessChangesFunction"), expected);
+}
+
+#[test]
+fn notify_keeps_reserved_concurrency_so_walks_cannot_starve_graphs_acknowledgement() {
+    let t = template();
+    let reserved = &properties(&t, "NotifyFunction")["ReservedConcurrentExecutions"];
+    assert_eq!(reserved, &reference("NotifyReservedConcurrency"));
+    let parameter = &t["Parameters"]["NotifyReservedConcurrency"];
+    assert_eq!(number_behind(&t, reserved), 20);
+    assert!(
+        parameter["MinValue"].as_i64().is_some_and(|m| m >= 1),
+        "0 would throttle every notification"
+    );
+    // A new account's quota of 10 leaves nothing to reserve: the operator must be told.
+    let description = parameter["Description"].as_str().expect("a description");
+    assert!(
+        description.contains("100") && description.contains("10 "),
+        "{description}"
+    );
+
+    // Walks are bounded by their mapping, not by a reservation that would idle unused.
+    assert!(
+        properties(&t, "ProcessChangesFunction")
+            .get("ReservedConcurrentExecutions")
+            .is_none()
+    );
+}
+
+// ---- the changes queue ------------------------------------------------------------------------
+
+#[test]
+fn the_changes_queue_is_high_throughput_fifo_kept_for_fourteen_days() {
+    let t = template();
+    assert_eq!(resource(&t, "ChangesQueue")["Type"], "AWS::SQS::Queue");
+    let queue = properties(&t, "ChangesQueue");
+    let name = queue["QueueName"]["Fn::Sub"].as_str().expect("a !Sub name");
+    assert!(name.ends_with("changes.fifo"), "{name}");
+    assert_eq!(queue["QueueName"], sub("${AWS::StackName}-changes.fifo"));
+    assert_eq!(queue["FifoQueue"], true);
+    // Two different change events can be byte-identical: the publisher deduplicates by id.
+    assert_eq!(queue["ContentBasedDeduplication"], false);
+    assert_eq!(queue["DeduplicationScope"], "messageGroup");
+    assert_eq!(queue["FifoThroughputLimit"], "perMessageGroupId");
+    // The downstream contract: a consumer down for two weeks loses nothing.
+    assert_eq!(queue["MessageRetentionPeriod"], 1_209_600);
+    assert_eq!(queue["SqsManagedSseEnabled"], true);
+    // Only process-changes publishes to it.
+    let changes = arn_of("ChangesQueue").to_string();
+    for (id, _) in resources_of(&t, "AWS::Serverless::Function") {
+        let sends = grants_of(&t, id)
+            .iter()
+            .any(|(action, resource, _)| action == "sqs:SendMessage" && *resource == changes);
+        assert_eq!(sends, id == "ProcessChangesFunction", "{id}");
+    }
 }

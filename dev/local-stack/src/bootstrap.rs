@@ -775,8 +775,24 @@ impl Stack {
             .collect()
     }
 
-    /// What `!Ref logical_id` gives (a queue URL, a secret ARN).
+    /// What `!Ref logical_id` gives (a queue URL, a secret ARN): `reference("ChangesQueue")`.
     pub fn reference(&self, logical_id: &str) -> Option<&str> {
         self.created.get(logical_id).map(|p| p.reference.as_str())
+    }
+
+    /// What `!GetAtt logical_id.Arn` gives.
+    pub fn arn(&self, logical_id: &str) -> Option<&str> {
+        self.created.get(logical_id).map(|p| p.arn.as_str())
+    }
+
+    /// A template value (a literal, `!Ref`, `!GetAtt` or `!Sub`) resolved against this stack.
+    pub fn resolve(&self, value: &Value) -> Result<String, TemplateError> {
+        Resolver {
+            stack: &self.stack,
+            region: &self.region,
+            account: &self.account,
+            created: &self.created,
+        }
+        .string(value)
     }
 }

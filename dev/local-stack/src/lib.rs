@@ -5,14 +5,16 @@
 //!   any endpoint `AWS_ENDPOINT_URL` names);
 //! - [`gateway`] serves the template's HTTP API routes, handing each request in-process to the
 //!   function's real handler;
+//! - [`poller`] stands in for an SQS event source mapping (process-changes' on the notifications
+//!   queue): receive, invoke the handler in-process, delete what it did not report failed;
 //! - [`serve`] puts them together for `make local` and for the integration tests.
 //!
-//! Later issues add an SQS poller standing in for process-changes' event source mapping and a
-//! timer firing renew on the template's schedule.
+//! A later issue adds a timer firing renew on the template's schedule.
 
 pub mod bootstrap;
 pub mod demo;
 pub mod gateway;
+pub mod poller;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -185,16 +187,21 @@ pub async fn serve(template: &Template, config: ServeConfig) -> Result<Running, 
 
 /// The template's environment for `function`, resolved against `stack`, with `overrides` on top.
 /// A `CLIENT_STATE_KEY` override replaces the template's key secret (the user chose a key).
+/// An overridden variable is not resolved, so one naming what the local stack does not create
+/// (process-changes' `NOTIFICATION_URL`, a `!Sub` on the HTTP API) is fine once overridden.
 pub fn function_env(
     stack: &Stack,
     template: &Template,
     function: &str,
     overrides: &Env,
 ) -> Result<Env, template::TemplateError> {
-    let mut pairs: BTreeMap<String, String> = stack
-        .function_environment(template, function)?
-        .into_iter()
-        .collect();
+    let mut pairs = BTreeMap::new();
+    for (name, value) in template.function_environment(function) {
+        if overrides.get(&name).is_none() {
+            let resolved = stack.resolve(&value)?;
+            pairs.insert(name, resolved);
+        }
+    }
     if overrides.get(shared::config::CLIENT_STATE_KEY).is_some()
         && overrides
             .get(shared::config::CLIENT_STATE_KEYS_SECRET_ARN)

@@ -42,6 +42,8 @@ pub struct Physical {
 pub struct Template {
     resources: BTreeMap<String, Value>,
     parameter_defaults: BTreeMap<String, String>,
+    /// `Globals.Function`: what every function inherits unless it says otherwise.
+    function_globals: Value,
 }
 
 impl Template {
@@ -82,9 +84,15 @@ impl Template {
                 Some((k.as_str()?.to_owned(), default))
             })
             .collect();
+        let function_globals = doc
+            .get("Globals")
+            .and_then(|g| g.get("Function"))
+            .cloned()
+            .unwrap_or(Value::Null);
         Ok(Self {
             resources,
             parameter_defaults,
+            function_globals,
         })
     }
 
@@ -130,6 +138,18 @@ impl Template {
             }
         }
         routes
+    }
+
+    /// A resource's `Properties`, if the template has that resource.
+    pub fn properties(&self, logical_id: &str) -> Option<&Value> {
+        self.resources.get(logical_id)?.get("Properties")
+    }
+
+    /// A function's property, or the one it inherits from `Globals.Function`, unresolved.
+    pub fn function_property(&self, function: &str, property: &str) -> Option<&Value> {
+        self.properties(function)
+            .and_then(|p| p.get(property))
+            .or_else(|| self.function_globals.get(property))
     }
 
     /// A function's `Environment.Variables`, unresolved.
