@@ -81,6 +81,11 @@ size: venv ## Build notify for Lambda (arm64, release, stripped) and report its 
 	cargo lambda build --release --arm64 -p notify
 	@ls -l target/lambda/notify/bootstrap | awk '{printf "notify arm64 bootstrap: %.1f MB\n", $$5/1000000}'
 
+.PHONY: bench-walk
+bench-walk: venv ## the walker: a 100,000-item drive from graph-sim (own process), items/s, peak memory; DynamoDB writes per changed item (moto)
+	$(CARGO) build --release -p graph-sim
+	$(CARGO) bench -p graphfeed-tests --bench walk
+
 .PHONY: bench-connect
 bench-connect: venv ## connect's in-process latency against graph-sim and moto, and KMS calls per connect
 	$(CARGO) bench -p graphfeed-tests --bench connect

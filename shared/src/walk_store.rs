@@ -9,7 +9,8 @@
 //!   before the checkpoint moves past the page; purged by TTL.
 //! - **Change log** (`LOG#<drive key>#<generation>` / `<sequence, 20 digits>`): each entry is
 //!   written once, conditionally; writing an identical entry again is a no-op, a different one is
-//!   [`StoreError::Conflict`]. Kept for the retention (TTL).
+//!   [`StoreError::Conflict`]. Kept for the retention (TTL). One conditional PutItem per entry,
+//!   16 in flight: 1 WCU each, where a TransactWriteItems would cost 2.
 //! - **Published cursor** (`DRIVE#<drive key>` / `PUBLISHED`): only ever moves forward.
 //! - **Throttle** (`TENANT#<tenant id>` / `THROTTLE`): only ever moves later.
 
@@ -692,57 +693,44 @@ impl WalkStore for DynamoWalkStore {
         entries: &'a [LogEntry],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            // Up to 100 conditional puts per transaction: each entry is written once, and a
-            // replay that writes the same content again passes its condition.
+            // One conditional PutItem per entry (1 WCU each; a transaction would cost 2 per
+            // item), 16 in flight. A replay that writes the same content passes its condition.
+            use futures::TryStreamExt;
             let ttl = self.ttl_in(self.log_retention);
-            for chunk in entries.chunks(100) {
-                let items = chunk
-                    .iter()
-                    .map(|entry| {
-                        let put = aws_sdk_dynamodb::types::Put::builder()
+            futures::stream::iter(entries.iter().map(Ok))
+                .try_for_each_concurrent(16, |entry| {
+                    let ttl = ttl.clone();
+                    async move {
+                        self.count_write(1);
+                        let put = self
+                            .client
+                            .put_item()
                             .table_name(&self.table)
                             .item("pk", s(log_pk(scope)))
                             .item("sk", s(log_sk(entry.sequence)))
                             .item("kind", s("change"))
                             .item("walk_id", s(entry.walk_id.clone()))
                             .item("event", s(entry.event.clone()))
-                            .item("ttl", ttl.clone())
+                            .item("ttl", ttl)
                             .condition_expression("attribute_not_exists(pk) OR (#e = :event)")
                             .expression_attribute_names("#e", "event")
                             .expression_attribute_values(":event", s(entry.event.clone()))
-                            .build()
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                        Ok(aws_sdk_dynamodb::types::TransactWriteItem::builder()
-                            .put(put)
-                            .build())
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                self.count_write(items.len());
-                let written = self
-                    .client
-                    .transact_write_items()
-                    .set_transact_items(Some(items))
-                    .send()
-                    .await;
-                match written {
-                    Ok(_) => {}
-                    Err(e) => {
-                        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-                        let conflict = matches!(
-                            e.as_service_error(),
-                            Some(TransactWriteItemsError::TransactionCanceledException(t))
-                                if t.cancellation_reasons()
-                                    .iter()
-                                    .any(|r| r.code() == Some("ConditionalCheckFailed"))
-                        );
-                        if conflict {
-                            return Err(StoreError::Conflict);
+                            .send()
+                            .await;
+                        match put {
+                            Ok(_) => Ok(()),
+                            Err(e)
+                                if e.as_service_error()
+                                    .and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code)
+                                    == Some("ConditionalCheckFailedException") =>
+                            {
+                                Err(StoreError::Conflict)
+                            }
+                            Err(e) => Err(call_error(e)),
                         }
-                        return Err(call_error(e));
                     }
-                }
-            }
-            Ok(())
+                })
+                .await
         })
     }
 

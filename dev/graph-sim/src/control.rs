@@ -1,6 +1,7 @@
 //! The control API under `/_sim`: what tests and `make local` use to arrange the simulated world
-//! (users, tenants, apps, tokens, drive changes, faults, the clock, signing keys, auth failures)
-//! and to look inside it. Every route is a thin wrapper over a [`Sim`] method; request and response
+//! (users, tenants, apps, tokens, drive changes and bulk populates, delta quirks, faults,
+//! throttles, subscription removal, settings, the clock, signing keys, auth failures) and to look
+//! inside it. Every route is a thin wrapper over a [`Sim`] method; request and response
 //! bodies are snake_case JSON, errors are `{"error":{"code","message"}}` (see the README).
 
 use axum::Json;
@@ -9,11 +10,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
-use crate::drive::{Item, ItemUpdate, NewItem};
+use crate::delta::DeltaQuirks;
+use crate::drive::{Item, ItemUpdate, NewItem, Populate, Populated};
 use crate::entra::jwt::{ApiToken, Audience, MintedToken, Tamper, TokenVersion};
 use crate::entra::keys::SigningKeyInfo;
 use crate::entra::{AuthFailure, RegisterApp, RegisteredApp, Repeat};
@@ -21,7 +23,9 @@ use crate::errors::SimError;
 use crate::faults::Fault;
 use crate::identity::{IssuedToken, Tenant};
 use crate::sim::{CreatedUser, NewTenant, NewUser, Sim};
+use crate::state::Settings;
 use crate::subscriptions::LifecycleEvent;
+use crate::throttle::{Throttle, ThrottleStatus};
 
 type ControlResult<T> = Result<T, SimError>;
 
@@ -56,9 +60,28 @@ pub(crate) fn router() -> Router<Sim> {
             "/drives/{drive_id}/expire-delta-tokens",
             post(expire_delta_tokens),
         )
+        .route(
+            "/drives/{drive_id}/delta-quirks",
+            get(drive_delta_quirks)
+                .post(set_drive_delta_quirks)
+                .delete(clear_drive_delta_quirks),
+        )
+        .route("/drives/{drive_id}/populate", post(populate))
+        .route(
+            "/delta-quirks",
+            get(default_delta_quirks).post(set_default_delta_quirks),
+        )
         .route("/subscriptions", get(subscriptions))
-        .route("/subscriptions/{id}", get(subscription))
+        .route(
+            "/subscriptions/{id}",
+            get(subscription).delete(remove_subscription),
+        )
         .route("/subscriptions/{id}/lifecycle", post(lifecycle))
+        .route("/settings", get(settings).patch(update_settings))
+        .route(
+            "/throttles",
+            get(throttles).post(add_throttle).delete(clear_throttles),
+        )
         .route("/faults", get(faults).post(add_fault).delete(clear_faults))
         .route(
             "/counters",
@@ -331,6 +354,130 @@ async fn expire_delta_tokens(
     Path(drive_id): Path<String>,
 ) -> ControlResult<Json<Value>> {
     Ok(Json(json!({"epoch": sim.expire_delta_tokens(&drive_id)?})))
+}
+
+async fn drive_delta_quirks(
+    State(sim): State<Sim>,
+    Path(drive_id): Path<String>,
+) -> ControlResult<Json<DeltaQuirks>> {
+    Ok(Json(sim.delta_quirks(&drive_id)?))
+}
+
+async fn set_drive_delta_quirks(
+    State(sim): State<Sim>,
+    Path(drive_id): Path<String>,
+    body: Bytes,
+) -> ControlResult<Json<DeltaQuirks>> {
+    let quirks: DeltaQuirks = optional_body(&body)?;
+    sim.set_delta_quirks(&drive_id, quirks)?;
+    Ok(Json(sim.delta_quirks(&drive_id)?))
+}
+
+async fn clear_drive_delta_quirks(
+    State(sim): State<Sim>,
+    Path(drive_id): Path<String>,
+) -> ControlResult<Json<DeltaQuirks>> {
+    sim.clear_delta_quirks(&drive_id);
+    Ok(Json(sim.delta_quirks(&drive_id)?))
+}
+
+async fn default_delta_quirks(State(sim): State<Sim>) -> Json<DeltaQuirks> {
+    Json(sim.settings().delta_quirks)
+}
+
+async fn set_default_delta_quirks(State(sim): State<Sim>, body: Bytes) -> ControlResult<Json<DeltaQuirks>> {
+    let quirks: DeltaQuirks = optional_body(&body)?;
+    sim.set_default_delta_quirks(quirks);
+    Ok(Json(sim.settings().delta_quirks))
+}
+
+async fn populate(
+    State(sim): State<Sim>,
+    Path(drive_id): Path<String>,
+    body: Bytes,
+) -> ControlResult<(StatusCode, Json<Populated>)> {
+    let request: Populate = required_body(&body)?;
+    Ok((StatusCode::CREATED, Json(sim.populate(&drive_id, request)?)))
+}
+
+/// `null` → `Some(None)` (no limit), a number → `Some(Some(n))`; absent stays `None` (unchanged).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<usize>>, D::Error> {
+    Option::<usize>::deserialize(deserializer).map(Some)
+}
+
+/// The body of `PATCH /_sim/settings`: each field optional, absent ones unchanged.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsPatch {
+    #[serde(default)]
+    auto_reauthorization: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    max_subscriptions_per_drive: Option<Option<usize>>,
+    #[serde(default)]
+    delta_quirks: Option<DeltaQuirks>,
+}
+
+async fn settings(State(sim): State<Sim>) -> Json<Settings> {
+    Json(sim.settings())
+}
+
+async fn update_settings(State(sim): State<Sim>, body: Bytes) -> ControlResult<Json<Settings>> {
+    let patch: SettingsPatch = required_body(&body)?;
+    if let Some(enabled) = patch.auto_reauthorization {
+        sim.set_auto_reauthorization(enabled);
+    }
+    if let Some(max) = patch.max_subscriptions_per_drive {
+        sim.set_max_subscriptions_per_drive(max);
+    }
+    if let Some(quirks) = patch.delta_quirks {
+        sim.set_default_delta_quirks(quirks);
+    }
+    Ok(Json(sim.settings()))
+}
+
+/// The body of `POST /_sim/throttles`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThrottleRequest {
+    tenant_id: String,
+    #[serde(default)]
+    drive_id: Option<String>,
+    /// 429, 503 or 509.
+    status: u16,
+    #[serde(default)]
+    retry_after: Option<u64>,
+    for_seconds: i64,
+}
+
+async fn add_throttle(
+    State(sim): State<Sim>,
+    body: Bytes,
+) -> ControlResult<(StatusCode, Json<ThrottleStatus>)> {
+    let request: ThrottleRequest = required_body(&body)?;
+    let for_duration = chrono::Duration::try_seconds(request.for_seconds)
+        .ok_or_else(|| SimError::BadRequest(format!("{} seconds is out of range", request.for_seconds)))?;
+    let status = sim.throttle(Throttle {
+        tenant_id: request.tenant_id,
+        drive_id: request.drive_id,
+        status: request.status,
+        retry_after: request.retry_after,
+        for_duration,
+    })?;
+    Ok((StatusCode::CREATED, Json(status)))
+}
+
+async fn throttles(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!({"value": sim.throttles()}))
+}
+
+async fn clear_throttles(State(sim): State<Sim>) -> StatusCode {
+    sim.clear_throttles();
+    StatusCode::NO_CONTENT
+}
+
+async fn remove_subscription(State(sim): State<Sim>, Path(id): Path<String>) -> ControlResult<Json<Value>> {
+    let notified = sim.remove_subscription(&id)?;
+    Ok(Json(json!({"removed": id, "notified": notified})))
 }
 
 async fn subscriptions(State(sim): State<Sim>) -> Json<Value> {

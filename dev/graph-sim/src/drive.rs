@@ -1,18 +1,28 @@
-//! Drives and their items: the state that change notifications (and the delta feed)
-//! report on.
+//! Drives and their items: the state that change notifications and the delta feed report on.
 //!
-//! Each drive keeps every item it ever had (deleted ones keep a `deleted` mark, as delta will need
+//! Each drive keeps every item it ever had (deleted ones keep a `deleted` mark, as delta needs
 //! them) and a change journal: an ordered list of (sequence, item id), one entry per item touched
 //! by a change. Ids follow the real shapes: a personal drive id is 16 lowercase hex characters, a
 //! business drive id is `b!` plus 64 base64url characters (graph-protocol.md §10 item 3 relies on
 //! telling them apart).
+//!
+//! Items live in a vector indexed by id (a "slot" per item, never reused), so a delta walk can be
+//! planned once and then served page by page without rescanning the drive: a walk's plan
+//! ([`crate::delta`]) is made when its first page is asked for and kept, per drive, for the last
+//! [`WALKS_KEPT`] walks. A later page whose plan was forgotten is planned again if the drive has not
+//! changed since the walk started, and is otherwise answered 410 `resyncRequired` (§5.4).
+//! [`Drive::populate`] bulk-creates a seeded tree (100,000 items in well under a second in release
+//! builds) for benchmarks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::delta::{DeltaQuirks, WalkPlan, shape_walk};
 use crate::errors::SimError;
+use crate::rng::{Rng, stable_hash};
 
 const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -59,7 +69,7 @@ pub struct DeltaToken {
 }
 
 const DELTA_TOKEN_TAG: &str = "gsdelta2";
-const DELTA_PAGE_TAG: &str = "gspage1";
+const DELTA_PAGE_TAG: &str = "gspage2";
 
 fn b64_encode(text: &str) -> String {
     use base64::Engine as _;
@@ -100,31 +110,48 @@ impl DeltaToken {
 /// Where a delta walk is between two pages, as carried by a nextLink's `token`: which items the
 /// walk covers (`since`: all live items when `None`, else the items changed after that journal
 /// position and their ancestors), the journal position the final deltaLink will hold (`upto`, the
-/// position when the walk started) and the last item id served (pages go in id order).
+/// position when the walk started), the page asked for, and the quirks the walk was planned with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaCursor {
     pub drive_id: String,
     pub epoch: u64,
     pub since: Option<u64>,
     pub upto: u64,
-    /// The last id already served; empty before the first page.
+    /// The last id already served; empty before the first page (informative only).
     pub after: String,
+    /// The page of the walk this cursor asks for (0: the first).
+    pub page: usize,
+    /// The journal position through which changes made during the walk were already served again
+    /// (`repeat_items`); `upto` at first.
+    pub seen: u64,
+    /// The quirks the walk is planned with; `page_size` is fixed once the walk starts.
+    pub quirks: DeltaQuirks,
 }
 
 impl DeltaCursor {
-    /// The opaque form: base64url of `gspage1:{epoch}:{since or -}:{upto}:{after}:{drive id}`.
+    /// The opaque form: base64url of
+    /// `gspage2:{epoch}:{since or -}:{upto}:{page}:{seen}:{page size or -}:{quirk bits}:{seed}:{after}:{drive id}`.
     pub fn encode(&self) -> String {
-        let since = self.since.map_or_else(|| "-".to_owned(), |seq| seq.to_string());
+        let dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+        let since = dash(self.since.map(|seq| seq.to_string()));
+        let page_size = dash(self.quirks.page_size.map(|size| size.to_string()));
         b64_encode(&format!(
-            "{DELTA_PAGE_TAG}:{}:{since}:{}:{}:{}",
-            self.epoch, self.upto, self.after, self.drive_id
+            "{DELTA_PAGE_TAG}:{}:{since}:{}:{}:{}:{page_size}:{}:{}:{}:{}",
+            self.epoch,
+            self.upto,
+            self.page,
+            self.seen,
+            self.quirks.bits(),
+            self.quirks.seed,
+            self.after,
+            self.drive_id
         ))
     }
 
     /// Reads a cursor this simulator encoded; `None` for anything else.
     pub fn decode(token: &str) -> Option<Self> {
         let text = b64_decode(token)?;
-        let mut parts = text.splitn(6, ':');
+        let mut parts = text.splitn(11, ':');
         if parts.next()? != DELTA_PAGE_TAG {
             return None;
         }
@@ -134,24 +161,138 @@ impl DeltaCursor {
             seq => Some(seq.parse().ok()?),
         };
         let upto = parts.next()?.parse().ok()?;
+        let page = parts.next()?.parse().ok()?;
+        let seen = parts.next()?.parse().ok()?;
+        let page_size = match parts.next()? {
+            "-" => None,
+            size => Some(size.parse().ok()?),
+        };
+        let bits = parts.next()?.parse().ok()?;
+        let seed = parts.next()?.parse().ok()?;
         let after = parts.next()?.to_owned();
         let drive_id = parts.next()?.to_owned();
+        let quirks = DeltaQuirks {
+            seed,
+            page_size,
+            ..DeltaQuirks::default()
+        }
+        .with_bits(bits);
         Some(Self {
             drive_id,
             epoch,
             since,
             upto,
             after,
+            page,
+            seen,
+            quirks,
         })
     }
 }
 
-/// One page of a delta walk: the items to serve, and the cursor of the next page (`None`: this
-/// was the last page, the deltaLink follows).
+/// One page of a delta walk.
 #[derive(Debug, Clone)]
 pub struct DeltaPage<'a> {
+    /// The planned items of the page, in plan order (id order unless `child_before_parent`), each
+    /// in its current state. Graph's answer lists them reversed unless `child_before_parent`.
     pub items: Vec<&'a Item>,
+    /// Items served on an earlier page of this walk and changed since (`repeat_items` only), in
+    /// their new state; they follow `items` in the answer.
+    pub repeated: Vec<&'a Item>,
+    /// The cursor of the next page; `None` on the last page.
     pub next: Option<DeltaCursor>,
+    /// On the last page: the position the deltaLink holds (where the walk started).
+    pub delta_token: Option<DeltaToken>,
+}
+
+/// A later page of a walk whose plan is gone and whose drive changed since it started: it cannot
+/// be served consistently any more (410 `resyncRequired`, §5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the delta walk can no longer be served")]
+pub struct WalkLost;
+
+/// How many planned walks a drive keeps.
+pub const WALKS_KEPT: usize = 16;
+
+/// What identifies a walk's plan: the same key on an unchanged drive always plans the same walk.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct WalkKey {
+    epoch: u64,
+    since: Option<u64>,
+    upto: u64,
+    quirks: DeltaQuirks,
+}
+
+impl WalkKey {
+    fn of(cursor: &DeltaCursor) -> Self {
+        Self {
+            epoch: cursor.epoch,
+            since: cursor.since,
+            upto: cursor.upto,
+            quirks: cursor.quirks,
+        }
+    }
+}
+
+/// The last [`WALKS_KEPT`] plans of a drive, most recently used last, and how many walks were
+/// planned. Behind a mutex so serving a page needs only `&Drive` (the state lock already
+/// serialises access). A cloned drive starts with an empty cache, as its items may diverge from
+/// the original's.
+#[derive(Default)]
+struct WalkCache(Mutex<Walks>);
+
+#[derive(Default)]
+struct Walks {
+    plans: VecDeque<(WalkKey, Arc<WalkPlan>)>,
+    planned: u64,
+}
+
+impl WalkCache {
+    fn walks(&self) -> std::sync::MutexGuard<'_, Walks> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, key: &WalkKey) -> Option<Arc<WalkPlan>> {
+        let mut walks = self.walks();
+        let index = walks.plans.iter().position(|(known, _)| known == key)?;
+        let entry = walks.plans.remove(index)?;
+        let plan = entry.1.clone();
+        walks.plans.push_back(entry);
+        Some(plan)
+    }
+
+    fn put(&self, key: WalkKey, plan: Arc<WalkPlan>) {
+        let mut walks = self.walks();
+        walks.planned += 1;
+        walks.plans.retain(|(known, _)| *known != key);
+        walks.plans.push_back((key, plan));
+        while walks.plans.len() > WALKS_KEPT {
+            walks.plans.pop_front();
+        }
+    }
+
+    /// Forgets every plan, keeping the count.
+    fn forget(&self) {
+        self.walks().plans.clear();
+    }
+}
+
+impl Clone for WalkCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for WalkCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let walks = self.walks();
+        write!(
+            f,
+            "WalkCache({} plans kept, {} planned)",
+            walks.plans.len(),
+            walks.planned
+        )
+    }
 }
 
 /// One file or folder.
@@ -217,12 +358,18 @@ pub struct Drive {
     pub tenant_id: String,
     pub business: bool,
     pub root_id: String,
-    items: HashMap<String, Item>,
+    /// Every item ever created, by slot (never reused).
+    items: Vec<Item>,
+    /// Item id → slot.
+    index: HashMap<String, u32>,
     journal: Vec<JournalEntry>,
     next_seq: u64,
     next_item_number: u64,
     /// Delta tokens of an older epoch are expired (410 `resyncRequired`).
     delta_epoch: u64,
+    /// Numbers the names of populated items, so repeated populates never collide.
+    populated: u64,
+    walks: WalkCache,
 }
 
 /// The fields a new item gets.
@@ -249,6 +396,34 @@ pub struct ItemUpdate {
     pub parent_id: Option<String>,
 }
 
+/// Most items one [`Drive::populate`] may create.
+pub const POPULATE_MAX: usize = 2_000_000;
+
+/// A bulk-populate request ([`crate::Sim::populate`], `POST /_sim/drives/{id}/populate`): this
+/// many files and folders in a random tree under the root. The tree's shape, names and sizes
+/// follow from `seed`; business item ids are random.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Populate {
+    pub files: usize,
+    pub folders: usize,
+    pub seed: u64,
+}
+
+/// What a populate created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Populated {
+    pub files: usize,
+    pub folders: usize,
+    /// Live items in the drive afterwards, the root included.
+    pub live_items: usize,
+    /// The journal sequences of the first and last created item (both 0 when nothing was created).
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+const POPULATE_EXTENSIONS: [&str; 6] = ["txt", "docx", "xlsx", "pdf", "jpg", "md"];
+
 impl Drive {
     /// A new drive holding only its root folder.
     pub fn new(owner_user_id: &str, tenant_id: &str, business: bool, now: DateTime<Utc>) -> Self {
@@ -259,11 +434,14 @@ impl Drive {
             tenant_id: tenant_id.to_owned(),
             business,
             root_id: String::new(),
-            items: HashMap::new(),
+            items: Vec::new(),
+            index: HashMap::new(),
             journal: Vec::new(),
             next_seq: 1,
             next_item_number: 101,
             delta_epoch: 0,
+            populated: 0,
+            walks: WalkCache::default(),
         };
         let root_id = drive.new_item_id();
         let mut root = Item {
@@ -283,7 +461,7 @@ impl Drive {
         };
         let seq = drive.journal_append(&root_id);
         root.bump(true, seq, now);
-        drive.items.insert(root_id.clone(), root);
+        drive.insert(root);
         drive.root_id = root_id;
         drive
     }
@@ -310,15 +488,39 @@ impl Drive {
         seq
     }
 
+    fn insert(&mut self, item: Item) {
+        let slot = u32::try_from(self.items.len()).unwrap_or(u32::MAX);
+        self.index.insert(item.id.clone(), slot);
+        self.items.push(item);
+    }
+
+    fn slot(&self, id: &str) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+
+    fn at(&self, slot: u32) -> Option<&Item> {
+        self.items.get(slot as usize)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Item> {
+        let slot = self.slot(id)?;
+        self.items.get_mut(slot as usize)
+    }
+
     /// The item, deleted or not.
     pub fn item(&self, id: &str) -> Option<&Item> {
-        self.items.get(id)
+        self.at(self.slot(id)?)
+    }
+
+    /// How many items the drive has ever had (deleted ones and the root included).
+    pub fn item_count(&self) -> usize {
+        self.items.len()
     }
 
     /// How many live items a folder holds directly.
     pub fn child_count(&self, id: &str) -> usize {
         self.items
-            .values()
+            .iter()
             .filter(|item| !item.deleted && item.parent_id.as_deref() == Some(id))
             .count()
     }
@@ -355,75 +557,254 @@ impl Drive {
     /// Expires every delta token and cursor issued so far: they answer 410 from now on.
     pub fn expire_delta_tokens(&mut self) {
         self.delta_epoch += 1;
+        self.walks.forget();
     }
 
-    /// The first page of a walk: a full enumeration (`since` = `None`) or the changes after a
-    /// journal position, ending at the current position.
+    /// How many delta walks were planned (each plan reads the journal or the whole drive once;
+    /// serving a page of a planned walk reads only that page's items).
+    pub fn delta_walks_planned(&self) -> u64 {
+        self.walks.walks().planned
+    }
+
+    /// The first page of a walk without quirks: a full enumeration (`since` = `None`) or the
+    /// changes after a journal position, ending at the current position.
     pub fn delta_start(&self, since: Option<u64>) -> DeltaCursor {
+        self.delta_start_with(since, DeltaQuirks::default())
+    }
+
+    /// The first page of a walk planned with `quirks`.
+    pub fn delta_start_with(&self, since: Option<u64>, quirks: DeltaQuirks) -> DeltaCursor {
         DeltaCursor {
             drive_id: self.id.clone(),
             epoch: self.delta_epoch,
             since,
             upto: self.latest_seq(),
             after: String::new(),
+            page: 0,
+            seen: self.latest_seq(),
+            quirks,
         }
     }
 
-    /// The ids a walk covers, in id order: every live item (full enumeration), or every item
+    /// The slots a walk covers, in id order: every live item (full enumeration), or every item
     /// (deleted ones too) changed after `since` plus all the ancestors of each (graph-protocol.md
-    /// §5.2: "we always return all of the items in the hierarchy above the modified items").
-    /// Computed afresh on each page; whatever a change during the walk hides from it has a journal
-    /// sequence after the walk's `upto`, so the next walk serves it.
-    fn delta_ids(&self, since: Option<u64>) -> BTreeSet<&str> {
-        let mut ids = BTreeSet::new();
-        for item in self.items.values() {
-            let wanted = match since {
-                None => !item.deleted,
-                Some(seq) => item.change_seq > seq,
-            };
-            if !wanted {
-                continue;
+    /// §5.2: "we always return all of the items in the hierarchy above the modified items"). Reads
+    /// only the journal after `since`, not the whole drive.
+    fn walk_entries(&self, since: Option<u64>) -> Vec<u32> {
+        let mut slots: Vec<u32> = match since {
+            None => (0..self.items.len())
+                .filter(|slot| self.items.get(*slot).is_some_and(|item| !item.deleted))
+                .filter_map(|slot| u32::try_from(slot).ok())
+                .collect(),
+            Some(seq) => {
+                let start = self.journal.partition_point(|entry| entry.seq <= seq);
+                let mut wanted = HashSet::new();
+                let mut climbed = HashSet::new();
+                for entry in self.journal.get(start..).unwrap_or_default() {
+                    let Some(slot) = self.slot(&entry.item_id) else {
+                        continue;
+                    };
+                    wanted.insert(slot);
+                    let mut current = slot;
+                    // Bounded: a parent chain is at most as long as the drive has items.
+                    for _ in 0..=self.items.len() {
+                        if !climbed.insert(current) {
+                            break;
+                        }
+                        let parent = self
+                            .at(current)
+                            .and_then(|item| item.parent_id.as_deref())
+                            .and_then(|parent| self.slot(parent));
+                        match parent {
+                            Some(parent) => {
+                                wanted.insert(parent);
+                                current = parent;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                wanted.into_iter().collect()
             }
-            ids.insert(item.id.as_str());
-            if since.is_some() {
-                let mut parent = item.parent_id.as_deref();
-                for _ in 0..=self.items.len() {
-                    let Some(parent_id) = parent else { break };
-                    ids.insert(parent_id);
-                    parent = self.items.get(parent_id).and_then(|p| p.parent_id.as_deref());
+        };
+        slots.sort_by(|a, b| {
+            let id = |slot: &u32| self.at(*slot).map(|item| item.id.as_str());
+            id(a).cmp(&id(b))
+        });
+        slots
+    }
+
+    /// Every item's depth (the root 0), by slot.
+    fn depths(&self) -> Vec<usize> {
+        const UNKNOWN: usize = usize::MAX;
+        let mut depth = vec![UNKNOWN; self.items.len()];
+        let parent_of = |slot: usize| {
+            self.items
+                .get(slot)
+                .and_then(|item| item.parent_id.as_deref())
+                .and_then(|parent| self.slot(parent))
+                .map(|parent| parent as usize)
+        };
+        for start in 0..self.items.len() {
+            let mut path = Vec::new();
+            let mut current = Some(start);
+            let mut known = None;
+            while let Some(slot) = current {
+                match depth.get(slot) {
+                    Some(&found) if found != UNKNOWN => {
+                        known = Some(found);
+                        break;
+                    }
+                    _ if path.len() > self.items.len() => break,
+                    _ => {}
+                }
+                path.push(slot);
+                current = parent_of(slot);
+            }
+            let first = known.map_or(0, |found| found + 1);
+            for (at, slot) in (first..).zip(path.into_iter().rev()) {
+                if let Some(entry) = depth.get_mut(slot) {
+                    *entry = at;
                 }
             }
         }
-        ids
+        depth
     }
 
-    /// The page of a walk that `cursor` points at, at most `page_size` items, each in its current
-    /// state (latest state only, each id once per walk).
-    pub fn delta_page(&self, cursor: &DeltaCursor, page_size: usize) -> DeltaPage<'_> {
-        let page_size = page_size.max(1);
-        let ids = self.delta_ids(cursor.since);
-        let mut remaining = ids.range::<str, _>((
-            std::ops::Bound::Excluded(cursor.after.as_str()),
-            std::ops::Bound::Unbounded,
-        ));
-        let items: Vec<&Item> = remaining
-            .by_ref()
-            .take(page_size)
-            .filter_map(|id| self.items.get(*id))
-            .collect();
-        let more = remaining.next().is_some();
-        let next = match items.last() {
-            Some(last) if more => Some(DeltaCursor {
-                after: last.id.clone(),
-                ..cursor.clone()
-            }),
-            _ => None,
+    fn plan_walk(&self, cursor: &DeltaCursor, page_size: usize) -> WalkPlan {
+        let quirks = &cursor.quirks;
+        let depths = if quirks.child_before_parent {
+            self.depths()
+        } else {
+            Vec::new()
         };
-        DeltaPage { items, next }
+        let mut rng = Rng::new(
+            quirks.seed
+                ^ stable_hash(&self.id)
+                ^ cursor.since.map_or(u64::MAX, |seq| seq.rotate_left(17))
+                ^ cursor.upto.rotate_left(41),
+        );
+        shape_walk(
+            self.walk_entries(cursor.since),
+            |slot| self.at(slot).is_some_and(|item| item.deleted),
+            |slot| depths.get(slot as usize).copied().unwrap_or(0),
+            quirks,
+            page_size,
+            &mut rng,
+        )
+    }
+
+    /// The page of a walk that `cursor` points at, each item in its current state: at most
+    /// `page_size` items (the cursor's own page size wins once the walk started) without quirks,
+    /// each id once per walk. The first page plans the walk; later pages reuse the plan, or plan
+    /// again when it was forgotten and the drive has not changed. A first page whose drive changed
+    /// since its cursor was made is planned on the current state (so a 410's `Location` always
+    /// works). Fails only for a later page of a forgotten walk on a changed drive.
+    pub fn try_delta_page(&self, cursor: &DeltaCursor, page_size: usize) -> Result<DeltaPage<'_>, WalkLost> {
+        let mut cursor = cursor.clone();
+        let page_size = cursor.quirks.page_size.unwrap_or(page_size).max(1);
+        cursor.quirks.page_size = Some(page_size);
+        let latest = self.latest_seq();
+        let plan = match self.walks.get(&WalkKey::of(&cursor)) {
+            Some(plan) => plan,
+            None if cursor.page == 0 || latest == cursor.upto => {
+                if cursor.page == 0 {
+                    cursor.upto = latest;
+                    cursor.seen = latest;
+                }
+                let plan = Arc::new(self.plan_walk(&cursor, page_size));
+                self.walks.put(WalkKey::of(&cursor), plan.clone());
+                plan
+            }
+            None => return Err(WalkLost),
+        };
+        let range = plan.page(cursor.page).ok_or(WalkLost)?;
+        let full_enumeration = cursor.since.is_none();
+        let planned = plan.entries.get(range.clone()).unwrap_or_default();
+        let items: Vec<&Item> = planned
+            .iter()
+            .filter_map(|slot| self.at(*slot))
+            // A full enumeration lists live items; one deleted during the walk is left out.
+            .filter(|item| !(full_enumeration && item.deleted))
+            .collect();
+        let mut repeated = Vec::new();
+        let mut seen = cursor.seen;
+        if cursor.quirks.repeat_items {
+            let on_page: HashSet<u32> = planned.iter().copied().collect();
+            let mut added = HashSet::new();
+            let start = self.journal.partition_point(|entry| entry.seq <= cursor.seen);
+            for entry in self.journal.get(start..).unwrap_or_default() {
+                let Some(slot) = self.slot(&entry.item_id) else {
+                    continue;
+                };
+                let served_before = plan
+                    .first_position
+                    .get(&slot)
+                    .is_some_and(|position| *position < range.start);
+                if served_before
+                    && !on_page.contains(&slot)
+                    && added.insert(slot)
+                    && let Some(item) = self.at(slot)
+                {
+                    repeated.push(item);
+                }
+            }
+            seen = latest;
+        }
+        let last_id = repeated
+            .last()
+            .or(items.last())
+            .map_or_else(|| cursor.after.clone(), |item| item.id.clone());
+        let (next, delta_token) = if cursor.page + 1 < plan.pages() {
+            let next = DeltaCursor {
+                page: cursor.page + 1,
+                seen,
+                after: last_id,
+                ..cursor.clone()
+            };
+            (Some(next), None)
+        } else {
+            let token = DeltaToken {
+                drive_id: self.id.clone(),
+                seq: cursor.upto,
+                epoch: cursor.epoch,
+            };
+            (None, Some(token))
+        };
+        Ok(DeltaPage {
+            items,
+            repeated,
+            next,
+            delta_token,
+        })
+    }
+
+    /// [`Drive::try_delta_page`], starting the walk again on the current state when its plan is
+    /// lost (the HTTP handler answers 410 instead).
+    pub fn delta_page(&self, cursor: &DeltaCursor, page_size: usize) -> DeltaPage<'_> {
+        match self.try_delta_page(cursor, page_size) {
+            Ok(page) => page,
+            Err(WalkLost) => {
+                let fresh = DeltaCursor {
+                    page: 0,
+                    ..cursor.clone()
+                };
+                match self.try_delta_page(&fresh, page_size) {
+                    Ok(page) => page,
+                    // Page 0 always plans; this arm only keeps the function total.
+                    Err(WalkLost) => DeltaPage {
+                        items: Vec::new(),
+                        repeated: Vec::new(),
+                        next: None,
+                        delta_token: Some(self.latest_delta_token()),
+                    },
+                }
+            }
+        }
     }
 
     fn live(&self, id: &str) -> Result<&Item, SimError> {
-        match self.items.get(id) {
+        match self.item(id) {
             Some(item) if !item.deleted => Ok(item),
             _ => Err(SimError::NotFound(format!(
                 "item {id} not found in drive {}",
@@ -449,7 +830,7 @@ impl Drive {
         for _ in 0..=self.items.len() {
             match current {
                 Some(id) if id == ancestor_id => return true,
-                Some(id) => current = self.items.get(id).and_then(|item| item.parent_id.as_deref()),
+                Some(id) => current = self.item(id).and_then(|item| item.parent_id.as_deref()),
                 None => return false,
             }
         }
@@ -457,7 +838,7 @@ impl Drive {
     }
 
     fn ensure_name_free(&self, parent_id: &str, name: &str, except: Option<&str>) -> Result<(), SimError> {
-        let taken = self.items.values().any(|item| {
+        let taken = self.items.iter().any(|item| {
             !item.deleted
                 && item.parent_id.as_deref() == Some(parent_id)
                 && item.name.eq_ignore_ascii_case(name)
@@ -480,6 +861,32 @@ impl Drive {
         }
     }
 
+    fn new_item(
+        &self,
+        id: String,
+        parent_id: String,
+        name: String,
+        folder: bool,
+        size: u64,
+        now: DateTime<Utc>,
+    ) -> Item {
+        Item {
+            id,
+            drive_id: self.id.clone(),
+            parent_id: Some(parent_id),
+            name,
+            etag: String::new(),
+            ctag: String::new(),
+            size: if folder { 0 } else { size },
+            folder,
+            deleted: false,
+            last_modified_date_time: now,
+            change_seq: 0,
+            etag_version: 0,
+            ctag_version: 0,
+        }
+    }
+
     /// Creates a file or folder under `parent_id` (the root when `None`).
     pub fn create_item(&mut self, new: &NewItem, now: DateTime<Utc>) -> Result<Change, SimError> {
         let parent_id = new.parent_id.clone().unwrap_or_else(|| self.root_id.clone());
@@ -487,28 +894,113 @@ impl Drive {
         Self::check_name(&new.name)?;
         self.ensure_name_free(&parent_id, &new.name, None)?;
         let id = self.new_item_id();
-        let mut item = Item {
-            id: id.clone(),
-            drive_id: self.id.clone(),
-            parent_id: Some(parent_id),
-            name: new.name.clone(),
-            etag: String::new(),
-            ctag: String::new(),
-            size: if new.folder { 0 } else { new.size },
-            folder: new.folder,
-            deleted: false,
-            last_modified_date_time: now,
-            change_seq: 0,
-            etag_version: 0,
-            ctag_version: 0,
-        };
+        let mut item = self.new_item(id.clone(), parent_id, new.name.clone(), new.folder, new.size, now);
         let seq = self.journal_append(&id);
         item.bump(true, seq, now);
-        self.items.insert(id.clone(), item.clone());
+        self.insert(item.clone());
         Ok(Change {
             item,
             touched: vec![id],
         })
+    }
+
+    /// Creates `request.folders` folders and `request.files` files in a random tree under the
+    /// root, fast (no per-item name scan): each folder goes under the root or an earlier new
+    /// folder, each file under the root or any new folder. Every item gets a journal entry, so a
+    /// delta walk from an older token serves them all. The change touches the root only.
+    pub fn populate(
+        &mut self,
+        request: &Populate,
+        now: DateTime<Utc>,
+    ) -> Result<(Populated, Change), SimError> {
+        let total = request.files.saturating_add(request.folders);
+        if total > POPULATE_MAX {
+            return Err(SimError::BadRequest(format!(
+                "at most {POPULATE_MAX} items per populate, asked for {total}"
+            )));
+        }
+        let root_id = self.root_id.clone();
+        let root_names: HashSet<String> = self
+            .items
+            .iter()
+            .filter(|item| !item.deleted && item.parent_id.as_deref() == Some(root_id.as_str()))
+            .map(|item| item.name.to_lowercase())
+            .collect();
+        let mut rng = Rng::new(request.seed);
+        // Business ids come from a generator salted per call, so they are unique but cheap.
+        let mut id_rng = Rng::new(rng.next_u64() ^ stable_hash(&uuid::Uuid::new_v4().to_string()));
+        self.items.reserve(total);
+        self.index.reserve(total);
+        self.journal.reserve(total);
+        let mut folders: Vec<String> = Vec::with_capacity(request.folders);
+        let first_seq = self.next_seq;
+        for index in 0..total {
+            let folder = index < request.folders;
+            // Folders first (so files can go into any of them); a parent is the root or a folder
+            // made before.
+            let choice = rng.below(folders.len() + 1);
+            let parent_id = match choice.checked_sub(1).and_then(|at| folders.get(at)) {
+                Some(parent) => parent.clone(),
+                None => root_id.clone(),
+            };
+            let name = loop {
+                self.populated += 1;
+                let name = if folder {
+                    format!("Folder {:06}", self.populated)
+                } else {
+                    let extension = POPULATE_EXTENSIONS
+                        .get(rng.below(POPULATE_EXTENSIONS.len()))
+                        .copied()
+                        .unwrap_or("txt");
+                    format!("File {:06}.{extension}", self.populated)
+                };
+                if parent_id != root_id || !root_names.contains(&name.to_lowercase()) {
+                    break name;
+                }
+            };
+            let id = loop {
+                let id = if self.business {
+                    let mut id = String::with_capacity(34);
+                    id.push_str("01");
+                    for _ in 0..32 {
+                        id.push(char::from(BASE32[id_rng.below(BASE32.len())]));
+                    }
+                    id
+                } else {
+                    self.new_item_id()
+                };
+                if !self.index.contains_key(&id) {
+                    break id;
+                }
+            };
+            let size = u64::try_from(rng.below(4 << 20)).unwrap_or(0);
+            let mut item = self.new_item(id.clone(), parent_id, name, folder, size, now);
+            let seq = self.journal_append(&id);
+            item.bump(true, seq, now);
+            if folder {
+                folders.push(id);
+            }
+            self.insert(item);
+        }
+        let root = self
+            .item(&root_id)
+            .cloned()
+            .ok_or_else(|| SimError::NotFound(root_id.clone()))?;
+        let live_items = self.items.iter().filter(|item| !item.deleted).count();
+        let populated = Populated {
+            files: request.files,
+            folders: request.folders,
+            live_items,
+            first_seq: if total == 0 { 0 } else { first_seq },
+            last_seq: if total == 0 { 0 } else { self.latest_seq() },
+        };
+        Ok((
+            populated,
+            Change {
+                item: root,
+                touched: vec![root_id],
+            },
+        ))
     }
 
     /// Changes a file's content: new eTag and cTag, optionally a new size.
@@ -525,7 +1017,6 @@ impl Drive {
         }
         let seq = self.journal_append(id);
         let item = self
-            .items
             .get_mut(id)
             .ok_or_else(|| SimError::NotFound(id.to_owned()))?;
         if let Some(size) = size {
@@ -569,7 +1060,6 @@ impl Drive {
         self.ensure_name_free(&new_parent, &new_name, Some(id))?;
         let seq = self.journal_append(id);
         let item = self
-            .items
             .get_mut(id)
             .ok_or_else(|| SimError::NotFound(id.to_owned()))?;
         item.name = new_name;
@@ -590,7 +1080,7 @@ impl Drive {
         // Children first, so the journal lists a folder after its contents.
         let mut doomed: Vec<String> = self
             .items
-            .values()
+            .iter()
             .filter(|item| !item.deleted && item.id != id && self.is_within(&item.id, id))
             .map(|item| item.id.clone())
             .collect();
@@ -598,14 +1088,13 @@ impl Drive {
         doomed.push(id.to_owned());
         for doomed_id in &doomed {
             let seq = self.journal_append(doomed_id);
-            if let Some(item) = self.items.get_mut(doomed_id) {
+            if let Some(item) = self.get_mut(doomed_id) {
                 item.deleted = true;
                 item.bump(false, seq, now);
             }
         }
         let item = self
-            .items
-            .get(id)
+            .item(id)
             .cloned()
             .ok_or_else(|| SimError::NotFound(id.to_owned()))?;
         Ok(Change {
@@ -679,6 +1168,150 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!((seen.len(), sorted), (6, seen));
+    }
+
+    fn walk_all(drive: &Drive, mut cursor: DeltaCursor, page_size: usize) -> (Vec<String>, DeltaToken) {
+        let mut seen = Vec::new();
+        loop {
+            let page = drive.try_delta_page(&cursor, page_size).expect("page");
+            seen.extend(
+                page.items
+                    .iter()
+                    .chain(&page.repeated)
+                    .map(|item| item.id.clone()),
+            );
+            match (page.next, page.delta_token) {
+                (Some(next), _) => cursor = next,
+                (None, Some(token)) => return (seen, token),
+                (None, None) => panic!("a last page without a token"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_walk_of_a_populated_drive_is_planned_once_and_serves_each_item_once() {
+        let now = Utc::now();
+        for business in [false, true] {
+            let mut drive = Drive::new("u", "t", business, now);
+            let (populated, change) = drive
+                .populate(
+                    &Populate {
+                        files: 18_000,
+                        folders: 2_000,
+                        seed: 3,
+                    },
+                    now,
+                )
+                .expect("populate");
+            assert_eq!(
+                (populated.live_items, change.touched.clone()),
+                (20_001, vec![drive.root_id.clone()])
+            );
+            let (seen, token) = walk_all(&drive, drive.delta_start(None), 100);
+            assert_eq!(seen.len(), 20_001);
+            assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 20_001);
+            assert_eq!(drive.delta_walks_planned(), 1, "200 pages, one plan");
+            assert_eq!(token.seq, drive.latest_seq());
+            // Changes since: the journal after the token, not the drive, is read.
+            let file = seen
+                .iter()
+                .find(|id| drive.item(id).is_some_and(|item| !item.folder))
+                .cloned()
+                .expect("a file");
+            drive.modify_item(&file, Some(1), now).expect("modify");
+            let (changed, _) = walk_all(&drive, drive.delta_start(Some(token.seq)), 100);
+            assert!(changed.contains(&file) && changed.contains(&drive.root_id));
+            assert!(changed.len() < 40, "{}", changed.len());
+        }
+    }
+
+    #[test]
+    fn populate_names_are_unique_per_folder_and_the_seed_fixes_the_shape() {
+        let now = Utc::now();
+        let shape = |drive: &Drive| {
+            let mut shape: Vec<(String, String)> = drive
+                .items
+                .iter()
+                .filter(|item| item.id != drive.root_id)
+                .map(|item| {
+                    let parent = item
+                        .parent_id
+                        .as_deref()
+                        .and_then(|id| drive.item(id))
+                        .map(|parent| parent.name.clone())
+                        .unwrap_or_default();
+                    (item.name.clone(), parent)
+                })
+                .collect();
+            shape.sort();
+            shape
+        };
+        let request = Populate {
+            files: 300,
+            folders: 30,
+            seed: 9,
+        };
+        let mut one = Drive::new("u", "t", false, now);
+        let mut two = Drive::new("u", "t", true, now);
+        one.create_item(&file(None, "File 000001.txt"), now)
+            .expect("clash");
+        one.populate(&request, now).expect("populate");
+        two.populate(&request, now).expect("populate");
+        one.populate(&request, now).expect("again");
+        let mut names = HashSet::new();
+        for item in one.items.iter().filter(|item| !item.deleted) {
+            assert!(
+                names.insert((item.parent_id.clone(), item.name.to_lowercase())),
+                "{} twice in one folder",
+                item.name
+            );
+        }
+        assert_eq!(one.item_count(), 1 + 1 + 660);
+        assert_eq!(shape(&two).len(), 330);
+        let mut three = Drive::new("u", "t", false, now);
+        three.populate(&request, now).expect("populate");
+        assert_eq!(shape(&two), shape(&three), "the seed alone fixes the tree");
+        assert!(
+            Drive::new("u", "t", false, now)
+                .populate(
+                    &Populate {
+                        files: POPULATE_MAX + 1,
+                        ..Populate::default()
+                    },
+                    now
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_later_page_of_a_forgotten_walk_is_lost_only_when_the_drive_changed() {
+        let now = Utc::now();
+        let mut drive = Drive::new("u", "t", false, now);
+        for n in 0..5 {
+            drive
+                .create_item(&file(None, &format!("{n}")), now)
+                .expect("create");
+        }
+        let first = drive.try_delta_page(&drive.delta_start(None), 2).expect("page");
+        let next = first.next.expect("more");
+        let mut clone = drive.clone();
+        assert!(
+            clone.try_delta_page(&next, 2).is_ok(),
+            "a fresh cache plans the unchanged walk again"
+        );
+        clone.create_item(&file(None, "late"), now).expect("create");
+        let forgetful = clone.clone();
+        assert_eq!(forgetful.try_delta_page(&next, 2).map(|_| ()), Err(WalkLost));
+        assert!(
+            forgetful.try_delta_page(&drive.delta_start(None), 2).is_ok(),
+            "a first page always plans"
+        );
+        assert_eq!(
+            forgetful.delta_page(&next, 2).items.len(),
+            2,
+            "the lenient form starts again"
+        );
     }
 
     #[test]

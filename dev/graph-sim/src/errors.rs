@@ -31,6 +31,13 @@ pub const MSG_VALIDATION_MISMATCH: &str =
 pub const MSG_QUOTA: &str = "Operation: Create; Exception: [Status Code: Forbidden; Reason: Maximum number of subscriptions has been reached]";
 /// §5.4: the 410 for a delta token that can no longer be served.
 pub const MSG_RESYNC_REQUIRED: &str = "Resync required. Replace any local items with the server's version (including deletes) if you're sure that the service was up to date with your local changes when you last sync'd. Upload any local changes that the server doesn't know about.";
+/// §8 (ODAD errors.md): the 429 of a throttled app or user (inner code `throttledRequest`).
+pub const MSG_THROTTLED: &str = "The app or user has been throttled.";
+/// §8 (ODAD errors.md): 503 `serviceNotAvailable`.
+pub const MSG_SERVICE_NOT_AVAILABLE: &str =
+    "The service is not available. Try the request again after a delay. There may be a Retry-After header.";
+/// §8 (ODAD errors.md): 509 Bandwidth Limit Exceeded.
+pub const MSG_BANDWIDTH_LIMIT: &str = "Your app has been throttled for exceeding the maximum bandwidth cap. Your app can retry the request again after more time has elapsed.";
 /// A missing, unknown or expired bearer token.
 pub const MSG_TOKEN_INVALID: &str = "Access token has expired or is not yet valid.";
 /// `/me` called with an app-only token.
@@ -71,11 +78,14 @@ pub struct GraphError {
     pub message: String,
     /// Seconds for a `Retry-After` header (faults, throttling).
     pub retry_after: Option<u64>,
-    /// A body to send verbatim instead of the envelope (fault injection).
-    pub raw_body: Option<Value>,
+    /// A body to send verbatim instead of the envelope (fault injection). Boxed, like `resync`,
+    /// to keep `Result<_, GraphError>` small.
+    pub raw_body: Option<Box<Value>>,
     /// `innerError.code` and a `Location` header, for the 410 resync of delta (§5.4). Boxed to
     /// keep `Result<_, GraphError>` small.
     pub resync: Option<Box<Resync>>,
+    /// `innerError.code` (e.g. `throttledRequest`), when not a resync.
+    pub inner_code: Option<&'static str>,
 }
 
 /// The extras of a delta 410 (§5.4).
@@ -96,6 +106,7 @@ impl GraphError {
             retry_after: None,
             raw_body: None,
             resync: None,
+            inner_code: None,
         }
     }
 
@@ -182,8 +193,40 @@ impl GraphError {
             code: code.to_owned(),
             message: message.to_owned(),
             retry_after,
-            raw_body: body,
+            raw_body: body.map(Box::new),
             resync: None,
+            inner_code: None,
+        }
+    }
+
+    /// A throttled call (§8, ODAD errors.md): 429 `activityLimitReached` with inner code
+    /// `throttledRequest`, 503 `serviceNotAvailable`, 509 `bandwidthLimitExceeded`; a
+    /// `Retry-After` when given.
+    pub fn throttled(status: u16, retry_after: Option<u64>) -> Self {
+        let (status, code, message, inner) = match status {
+            429 => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "activityLimitReached",
+                MSG_THROTTLED,
+                Some("throttledRequest"),
+            ),
+            509 => (
+                StatusCode::from_u16(509).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "bandwidthLimitExceeded",
+                MSG_BANDWIDTH_LIMIT,
+                None,
+            ),
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serviceNotAvailable",
+                MSG_SERVICE_NOT_AVAILABLE,
+                None,
+            ),
+        };
+        Self {
+            retry_after,
+            inner_code: inner,
+            ..Self::new(status, code, message)
         }
     }
 
@@ -200,19 +243,28 @@ impl GraphError {
                 }
             }
         });
-        if let Some(resync) = &self.resync
+        let inner_code = self
+            .resync
+            .as_ref()
+            .map(|resync| resync.inner_code.as_str())
+            .or(self.inner_code);
+        if let Some(code) = inner_code
             && let Some(inner) = body
                 .pointer_mut("/error/innerError")
                 .and_then(Value::as_object_mut)
         {
-            inner.insert("code".to_owned(), json!(resync.inner_code));
+            inner.insert("code".to_owned(), json!(code));
         }
         body
     }
 
     /// The full response, with the ids of the request it answers.
     pub fn to_response(&self, ids: &RequestIds) -> Response {
-        let body = self.raw_body.clone().unwrap_or_else(|| self.envelope(ids));
+        let body = self
+            .raw_body
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| self.envelope(ids));
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response

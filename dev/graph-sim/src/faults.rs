@@ -1,6 +1,7 @@
 //! Injected faults: "the next N Graph calls matching this path prefix (and method) fail with this
-//! status". Tests use them to drive graphfeed's handling of 429/503 with and without Retry-After
-//! (graph-protocol.md §8, §10 item 13) before the simulator grows real throttling.
+//! status". Tests use them for one-off answers (429/503 with and without Retry-After, any other
+//! status or body; graph-protocol.md §8, §10 item 13). Sustained throttling of a tenant or drive,
+//! with penalties for ignoring Retry-After, is [`crate::throttle`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

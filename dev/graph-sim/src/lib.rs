@@ -1,12 +1,15 @@
 //! graph-sim: a local Microsoft Graph and Entra ID simulator for graphfeed's tests and `make local`.
 //!
 //! It serves Graph under `/v1.0` (subscriptions with their real rules and error texts, the
-//! validation handshake, read-only drives, the drive delta feed), Entra ID at the root of the
-//! same app (OIDC metadata, JWKS with key rotation, the token endpoint for on-behalf-of, refresh
-//! and client credentials; see [`entra`]) and a control API under `/_sim` (users, tenants, apps
-//! and tokens, drive changes, the clock, faults, injected auth failures, counters, the delivery
-//! log). Drive changes become change notifications delivered to webhooks with Graph's batching,
-//! deadlines, retries and throttling states. The rules come from
+//! validation handshake, read-only drives, the drive delta feed with OneDrive's paging and content
+//! quirks ([`delta`]), throttling with Retry-After and penalties ([`throttle`])), Entra ID at the
+//! root of the same app (OIDC metadata, JWKS with key rotation, the token endpoint for
+//! on-behalf-of, refresh and client credentials; see [`entra`]) and a control API under `/_sim`
+//! (users, tenants, apps and tokens, drive changes and bulk populates, delta quirks, the clock,
+//! faults, throttles, settings, injected auth failures, counters, the delivery log). Drive changes
+//! become change notifications delivered to webhooks with Graph's batching, deadlines, retries and
+//! throttling states; lifecycle notifications (`reauthorizationRequired` on §4's schedule,
+//! `subscriptionRemoved`, `missed`) go to lifecycle URLs the same way. The rules come from
 //! `shared/reference/graph-protocol.md`; each module names its sections.
 //!
 //! ```no_run
@@ -25,15 +28,18 @@
 
 pub mod control;
 pub mod delivery;
+pub mod delta;
 pub mod drive;
 pub mod entra;
 pub mod errors;
 pub mod faults;
 pub mod graph;
 pub mod identity;
+mod rng;
 mod sim;
 pub mod state;
 pub mod subscriptions;
+pub mod throttle;
 pub mod time;
 pub mod validation;
 
@@ -45,7 +51,10 @@ use chrono::Duration;
 use shared::clock::OffsetClock;
 
 pub use crate::delivery::{DeliveryAttempt, EndpointReport, NotificationKind, Outcome};
-pub use crate::drive::{DeltaCursor, DeltaToken, Item, ItemUpdate, JournalEntry, NewItem};
+pub use crate::delta::DeltaQuirks;
+pub use crate::drive::{
+    DeltaCursor, DeltaToken, Item, ItemUpdate, JournalEntry, NewItem, Populate, Populated,
+};
 pub use crate::entra::errors::EntraError;
 pub use crate::entra::jwt::{ApiToken, Audience, MintedToken, Tamper, TokenVersion};
 pub use crate::entra::keys::SigningKeyInfo;
@@ -57,8 +66,9 @@ pub use crate::errors::SimError;
 pub use crate::faults::Fault;
 pub use crate::identity::{DEFAULT_APP_ID, IssuedToken, Tenant};
 pub use crate::sim::{CreatedUser, NewSimError, NewTenant, NewUser, Sim};
-pub use crate::state::Counters;
+pub use crate::state::{Counters, Settings};
 pub use crate::subscriptions::{LifecycleEvent, Subscription};
+pub use crate::throttle::{Throttle, ThrottleStatus};
 
 /// Deadlines, windows and thresholds. Fields named for real time are real-time budgets (HTTP
 /// deadlines); the rest are on the simulated clock. Defaults are Graph's values
@@ -100,7 +110,16 @@ pub struct Timing {
     /// the rotation policy in the README's Entra section.
     pub refresh_token_reuse_grace: Option<Duration>,
     /// Most items in one delta page (§5.3: 200 for OneDrive collections); `$top` is ignored.
+    /// [`DeltaQuirks::page_size`] overrides it per drive.
     pub delta_page_size: usize,
+    /// `reauthorizationRequired` is sent automatically once a subscription with a
+    /// lifecycleNotificationUrl has at most this long left (§4: 180 minutes), then at halving
+    /// intervals; `None` never sends it by itself (see [`crate::subscriptions::next_reauthorization`]).
+    pub reauthorization_start: Option<Duration>,
+    /// Below this much time left the reminders come at a steady interval instead (§4: 60 minutes).
+    pub reauthorization_steady_below: Duration,
+    /// The steady interval (§4: every 15 minutes).
+    pub reauthorization_steady_interval: Duration,
 }
 
 impl Default for Timing {
@@ -123,6 +142,9 @@ impl Default for Timing {
             token_lifetime: Duration::hours(1),
             refresh_token_reuse_grace: Some(Duration::minutes(10)),
             delta_page_size: 200,
+            reauthorization_start: Some(Duration::minutes(180)),
+            reauthorization_steady_below: Duration::minutes(60),
+            reauthorization_steady_interval: Duration::minutes(15),
         }
     }
 }
@@ -153,7 +175,12 @@ pub struct SimConfig {
     pub clock: OffsetClock,
     pub timing: Timing,
     /// Live subscriptions allowed per drive; `None` means no limit (§1.5 lists none for driveItem).
+    /// Beyond it a create is 403 `ExtensionError` "…Maximum number of subscriptions has been
+    /// reached]". [`Sim::set_max_subscriptions_per_drive`] changes it at run time.
     pub max_subscriptions_per_drive: Option<usize>,
+    /// Delta quirks for every drive (all off by default); [`Sim::set_default_delta_quirks`] and
+    /// [`Sim::set_delta_quirks`] change them at run time.
+    pub delta_quirks: DeltaQuirks,
     /// The base URL clients reach the simulator at (`http://graph-sim:8790`), used in Entra
     /// issuers, metadata and delta links. `http://{bound address}` when `None`.
     pub public_url: Option<String>,

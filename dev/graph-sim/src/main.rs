@@ -5,7 +5,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 
 use clap::Parser;
-use graph_sim::{SimConfig, start};
+use graph_sim::{DeltaQuirks, SimConfig, Timing, start};
 
 /// A local Microsoft Graph and Entra ID simulator: Graph under /v1.0, Entra under /{tenant}/, control
 /// under /_sim.
@@ -22,6 +22,23 @@ struct Args {
     /// (default: http://<bound address>).
     #[arg(long, env = "GRAPH_SIM_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Most items per delta page (Graph's default is 200; the hard maximum 1000).
+    #[arg(long, env = "GRAPH_SIM_DELTA_PAGE_SIZE", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    delta_page_size: u32,
+    /// Delta quirks for every drive, comma-separated: variable_page_sizes, tiny_pages_around_deletes,
+    /// empty_pages, repeat_items, child_before_parent, business_omits_ctag, or all.
+    #[arg(long, env = "GRAPH_SIM_DELTA_QUIRKS", value_parser = DeltaQuirks::from_names)]
+    delta_quirks: Option<DeltaQuirks>,
+    /// Seed of the delta quirks' random choices.
+    #[arg(long, env = "GRAPH_SIM_DELTA_QUIRKS_SEED", default_value_t = 0)]
+    delta_quirks_seed: u64,
+    /// Live subscriptions allowed per drive (403 "Maximum number of subscriptions has been
+    /// reached" beyond); no limit when absent.
+    #[arg(long, env = "GRAPH_SIM_MAX_SUBSCRIPTIONS_PER_DRIVE")]
+    max_subscriptions_per_drive: Option<usize>,
+    /// Never send reauthorizationRequired by itself as subscriptions near expiry.
+    #[arg(long, env = "GRAPH_SIM_NO_AUTO_REAUTHORIZATION")]
+    no_auto_reauthorization: bool,
 }
 
 #[tokio::main]
@@ -36,9 +53,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
+    let defaults = Timing::default();
     let config = SimConfig {
         allow_http_loopback: args.allow_http_loopback,
         public_url: args.public_url,
+        max_subscriptions_per_drive: args.max_subscriptions_per_drive,
+        delta_quirks: DeltaQuirks {
+            seed: args.delta_quirks_seed,
+            ..args.delta_quirks.unwrap_or_default()
+        },
+        timing: Timing {
+            delta_page_size: usize::try_from(args.delta_page_size).unwrap_or(200),
+            reauthorization_start: defaults
+                .reauthorization_start
+                .filter(|_| !args.no_auto_reauthorization),
+            ..defaults
+        },
         ..SimConfig::default()
     };
     let running = start(config, args.listen).await?;

@@ -13,7 +13,8 @@ use crate::SimConfig;
 use crate::delivery::{
     self, AttemptResult, Batch, DeliveryAttempt, EndpointReport, NotificationKind, Outgoing,
 };
-use crate::drive::{Drive, Item, ItemUpdate, JournalEntry, NewItem};
+use crate::delta::DeltaQuirks;
+use crate::drive::{Drive, Item, ItemUpdate, JournalEntry, NewItem, Populate, Populated};
 use crate::entra::jwt::{self, ApiToken, MintedToken, Subject};
 use crate::entra::keys::{KeyError, SigningKey, SigningKeyInfo};
 use crate::entra::{
@@ -22,8 +23,9 @@ use crate::entra::{
 use crate::errors::SimError;
 use crate::faults::Fault;
 use crate::identity::{DEFAULT_APP_ID, IssuedToken, Tenant, User};
-use crate::state::{Counters, State};
+use crate::state::{Counters, Settings, State};
 use crate::subscriptions::{LifecycleEvent, Subscription};
+use crate::throttle::{Throttle, ThrottleStatus};
 
 /// A request to create a user (with its drive and root folder).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -146,7 +148,10 @@ impl Sim {
             inner: Arc::new(Inner {
                 graph_base_url: format!("{public_url}{}", crate::graph::GRAPH_PREFIX),
                 public_url,
-                state: Mutex::new(State::new(Entra::new(dev_key.clone()))),
+                state: Mutex::new(State::new(
+                    Entra::new(dev_key.clone()),
+                    Settings::from_config(&config),
+                )),
                 dev_key,
                 rogue_key: OnceLock::new(),
                 config,
@@ -619,6 +624,149 @@ impl Sim {
         Ok(())
     }
 
+    /// Removes a subscription as the service would (§4 `subscriptionRemoved`): it is gone (404)
+    /// from now on, and when it has a lifecycleNotificationUrl a `subscriptionRemoved`
+    /// notification is sent there. Returns whether a notification was queued.
+    pub fn remove_subscription(&self, subscription_id: &str) -> Result<bool, SimError> {
+        let now = self.now();
+        let timing = &self.config().timing;
+        let notified = {
+            let mut state = self.lock();
+            state.purge_expired(now);
+            let subscription = state
+                .subscriptions
+                .remove(subscription_id)
+                .ok_or_else(|| SimError::NotFound(format!("subscription {subscription_id} not found")))?;
+            match subscription.lifecycle_notification_url.clone() {
+                Some(url) => {
+                    let state = &mut *state;
+                    let outgoing = Outgoing {
+                        url,
+                        kind: NotificationKind::Lifecycle,
+                        subscription_id: subscription_id.to_owned(),
+                        payload: subscription.lifecycle_notification(LifecycleEvent::SubscriptionRemoved),
+                    };
+                    state
+                        .deliveries
+                        .enqueue(&mut state.counters, timing, now, outgoing);
+                    true
+                }
+                None => false,
+            }
+        };
+        if notified {
+            self.wake();
+        }
+        Ok(notified)
+    }
+
+    /// The run-time settings (automatic reauthorization, the subscription quota, delta quirks).
+    pub fn settings(&self) -> Settings {
+        self.lock().settings.clone()
+    }
+
+    /// Turns the automatic `reauthorizationRequired` schedule (§4) on or off. It is on by default
+    /// unless [`crate::Timing::reauthorization_start`] is `None`.
+    pub fn set_auto_reauthorization(&self, enabled: bool) {
+        self.lock().settings.auto_reauthorization = enabled;
+        self.wake();
+    }
+
+    /// Sets the per-drive subscription quota (§1.5: 403 beyond it); `None` removes it.
+    pub fn set_max_subscriptions_per_drive(&self, max: Option<usize>) {
+        self.lock().settings.max_subscriptions_per_drive = max;
+    }
+
+    /// Sets the delta quirks of drives without their own. Walks already started keep theirs.
+    pub fn set_default_delta_quirks(&self, quirks: DeltaQuirks) {
+        self.lock().settings.delta_quirks = quirks;
+    }
+
+    /// Sets one drive's delta quirks. Walks already started keep theirs.
+    pub fn set_delta_quirks(&self, drive_id: &str, quirks: DeltaQuirks) -> Result<(), SimError> {
+        let mut state = self.lock();
+        if !state.drives.contains_key(drive_id) {
+            return Err(SimError::NotFound(format!("drive {drive_id} not found")));
+        }
+        state
+            .settings
+            .drive_delta_quirks
+            .insert(drive_id.to_owned(), quirks);
+        Ok(())
+    }
+
+    /// Makes a drive use the default delta quirks again.
+    pub fn clear_delta_quirks(&self, drive_id: &str) {
+        self.lock().settings.drive_delta_quirks.remove(drive_id);
+    }
+
+    /// The delta quirks a new walk of the drive gets.
+    pub fn delta_quirks(&self, drive_id: &str) -> Result<DeltaQuirks, SimError> {
+        let state = self.lock();
+        if !state.drives.contains_key(drive_id) {
+            return Err(SimError::NotFound(format!("drive {drive_id} not found")));
+        }
+        Ok(state.settings.delta_quirks_for(drive_id))
+    }
+
+    /// Throttles a tenant, or one of its drives, for `for_duration` of sim time (see
+    /// [`crate::throttle`]). A throttle for the same tenant and drive is replaced.
+    pub fn throttle(&self, throttle: Throttle) -> Result<ThrottleStatus, SimError> {
+        throttle.validate()?;
+        let now = self.now();
+        let mut state = self.lock();
+        if let Some(drive_id) = &throttle.drive_id {
+            match state.drives.get(drive_id) {
+                None => return Err(SimError::NotFound(format!("drive {drive_id} not found"))),
+                Some(drive) if !drive.tenant_id.eq_ignore_ascii_case(&throttle.tenant_id) => {
+                    return Err(SimError::BadRequest(format!(
+                        "drive {drive_id} is not in tenant {}",
+                        throttle.tenant_id
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(state.throttles.add(throttle, now))
+    }
+
+    /// The throttles in force now.
+    pub fn throttles(&self) -> Vec<ThrottleStatus> {
+        let now = self.now();
+        self.lock().throttles.statuses(now)
+    }
+
+    /// Ends every throttle.
+    pub fn clear_throttles(&self) {
+        self.lock().throttles.clear();
+    }
+
+    /// Bulk-creates a seeded random tree of files and folders under the drive's root (see
+    /// [`Drive::populate`]), for benchmarks: each item gets a journal entry, and each subscription
+    /// covering the root gets one change notification for the whole batch.
+    pub fn populate(&self, drive_id: &str, request: Populate) -> Result<Populated, SimError> {
+        let now = self.now();
+        let timing = &self.config().timing;
+        let (populated, queued) = {
+            let mut state = self.lock();
+            let drive = state
+                .drives
+                .get_mut(drive_id)
+                .ok_or_else(|| SimError::NotFound(format!("drive {drive_id} not found")))?;
+            let (populated, change) = drive.populate(&request, now)?;
+            let queued = if populated.last_seq > 0 {
+                state.notify_change(drive_id, &change, now, timing)
+            } else {
+                0
+            };
+            (populated, queued)
+        };
+        if queued > 0 {
+            self.wake();
+        }
+        Ok(populated)
+    }
+
     /// Adds a fault rule (see [`Fault`]).
     pub fn add_fault(&self, fault: Fault) {
         self.lock().faults.push(fault);
@@ -656,12 +804,16 @@ impl Sim {
         self.lock().deliveries.outstanding()
     }
 
-    /// Forgets everything: users, tokens, drives, subscriptions, notifications, faults, counters,
-    /// registered apps, refresh tokens, injected auth failures and rotated keys (the key ring
-    /// starts again from the development key, the default app is registered again). The clock
-    /// is not moved back (time never runs backwards).
+    /// Forgets everything: users, tokens, drives, subscriptions, notifications, faults, throttles,
+    /// counters, registered apps, refresh tokens, injected auth failures, rotated keys and run-time
+    /// settings (the key ring starts again from the development key, the default app is registered
+    /// again, settings come from the configuration again). The clock is not moved back (time
+    /// never runs backwards).
     pub fn reset(&self) {
-        let mut fresh = State::new(Entra::new(self.inner.dev_key.clone()));
+        let mut fresh = State::new(
+            Entra::new(self.inner.dev_key.clone()),
+            Settings::from_config(&self.inner.config),
+        );
         let mut state = self.lock();
         fresh.generation = state.generation + 1;
         *state = fresh;
@@ -673,6 +825,7 @@ impl Sim {
         let timing = &self.config().timing;
         let mut state = self.lock();
         state.purge_expired(now);
+        state.send_due_reauthorizations(now, timing);
         let state = &mut *state;
         let subscriptions = &state.subscriptions;
         state

@@ -1,6 +1,7 @@
 //! Everything the simulator remembers, behind one lock: identities, Entra (keys, apps, refresh
-//! tokens, injected failures), drives, subscriptions, the delivery outbox and log, faults and
-//! counters.
+//! tokens, injected failures), drives, subscriptions, the delivery outbox and log, faults,
+//! throttles, the run-time [`Settings`] and counters. It also decides when a subscription is due
+//! an automatic `reauthorizationRequired` (§4), which the delivery task asks on every look.
 //!
 //! The lock is a `std::sync::Mutex` held only for short, synchronous sections; no `.await` happens
 //! while it is held (HTTP calls such as the validation handshake run between two sections).
@@ -10,13 +11,15 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::Timing;
 use crate::delivery::{Deliveries, NotificationKind, Outgoing};
+use crate::delta::DeltaQuirks;
 use crate::drive::{Change, Drive};
 use crate::entra::Entra;
 use crate::faults::Fault;
 use crate::identity::Identity;
-use crate::subscriptions::Subscription;
+use crate::subscriptions::{LifecycleEvent, Subscription, next_reauthorization};
+use crate::throttle::Throttles;
+use crate::{SimConfig, Timing};
 
 /// What the simulator has counted since start or the last reset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -65,8 +68,50 @@ pub struct Counters {
     pub delta_pages_served: u64,
     /// Delta calls answered 410 `resyncRequired`.
     pub delta_resyncs: u64,
+    /// Every delta request by drive id (`/me/…` counted under the caller's drive), whatever its
+    /// answer: pages, `token=latest`, 410s, throttled and faulted calls.
+    pub delta_calls_by_drive: BTreeMap<String, u64>,
+    /// Graph calls answered by a throttle (429/503/509, [`crate::Throttle`]).
+    pub throttled_answers: u64,
+    /// Throttled calls made before the Retry-After they were given had passed.
+    pub throttle_violations: u64,
+    /// `reauthorizationRequired` notifications sent by the schedule of §4 (not by
+    /// [`crate::Sim::send_lifecycle`]).
+    pub auto_reauthorizations: u64,
     /// API access tokens minted through [`crate::Sim::mint_api_token`] or the control API.
     pub api_tokens_minted: u64,
+}
+
+/// What can be changed while the simulator runs; starts from [`SimConfig`] (and again at a reset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// Send `reauthorizationRequired` on the schedule of §4 ([`crate::Timing::reauthorization_start`]).
+    pub auto_reauthorization: bool,
+    /// Live subscriptions allowed per drive (403 beyond, §1.5); `None`: no limit.
+    pub max_subscriptions_per_drive: Option<usize>,
+    /// Delta quirks of drives without their own.
+    pub delta_quirks: DeltaQuirks,
+    /// Delta quirks of single drives.
+    pub drive_delta_quirks: BTreeMap<String, DeltaQuirks>,
+}
+
+impl Settings {
+    pub(crate) fn from_config(config: &SimConfig) -> Self {
+        Self {
+            auto_reauthorization: config.timing.reauthorization_start.is_some(),
+            max_subscriptions_per_drive: config.max_subscriptions_per_drive,
+            delta_quirks: config.delta_quirks,
+            drive_delta_quirks: BTreeMap::new(),
+        }
+    }
+
+    /// The quirks a new walk of the drive is planned with.
+    pub fn delta_quirks_for(&self, drive_id: &str) -> DeltaQuirks {
+        self.drive_delta_quirks
+            .get(drive_id)
+            .copied()
+            .unwrap_or(self.delta_quirks)
+    }
 }
 
 /// The simulator's whole state.
@@ -80,12 +125,14 @@ pub(crate) struct State {
     pub subscriptions: HashMap<String, Subscription>,
     pub deliveries: Deliveries,
     pub faults: Vec<Fault>,
+    pub throttles: Throttles,
+    pub settings: Settings,
     pub counters: Counters,
 }
 
 impl State {
     /// Empty state, with Entra's first key and default app.
-    pub fn new(entra: Entra) -> Self {
+    pub fn new(entra: Entra, settings: Settings) -> Self {
         Self {
             generation: 0,
             identity: Identity::default(),
@@ -94,8 +141,54 @@ impl State {
             subscriptions: HashMap::new(),
             deliveries: Deliveries::default(),
             faults: Vec::new(),
+            throttles: Throttles::default(),
+            settings,
             counters: Counters::default(),
         }
+    }
+
+    /// Queues `reauthorizationRequired` for every live subscription with a lifecycle URL whose
+    /// next reminder (§4, [`next_reauthorization`]) is due, and marks it as needing
+    /// reauthorization. After a jump of the clock over several reminders only one is sent.
+    /// Returns how many were queued.
+    pub fn send_due_reauthorizations(&mut self, now: DateTime<Utc>, timing: &Timing) -> usize {
+        if !self.settings.auto_reauthorization {
+            return 0;
+        }
+        self.purge_expired(now);
+        let start = timing
+            .reauthorization_start
+            .unwrap_or_else(|| chrono::Duration::minutes(180));
+        let mut due: Vec<Outgoing> = Vec::new();
+        for subscription in self.subscriptions.values_mut() {
+            let Some(url) = subscription.lifecycle_notification_url.clone() else {
+                continue;
+            };
+            let next = next_reauthorization(
+                subscription.expiration,
+                subscription.reauthorization_reminded_at,
+                start,
+                timing.reauthorization_steady_below,
+                timing.reauthorization_steady_interval,
+            );
+            if next.is_some_and(|at| at <= now) {
+                subscription.needs_reauthorization = true;
+                subscription.reauthorization_reminded_at = Some(now);
+                due.push(Outgoing {
+                    url,
+                    kind: NotificationKind::Lifecycle,
+                    subscription_id: subscription.id.clone(),
+                    payload: subscription.lifecycle_notification(LifecycleEvent::ReauthorizationRequired),
+                });
+            }
+        }
+        due.sort_by(|a, b| a.subscription_id.cmp(&b.subscription_id));
+        let queued = due.len();
+        for outgoing in due {
+            self.counters.auto_reauthorizations += 1;
+            self.deliveries.enqueue(&mut self.counters, timing, now, outgoing);
+        }
+        queued
     }
 
     /// Forgets subscriptions whose expiry the clock has passed: Graph deletes them (§1.6), and from

@@ -4,7 +4,8 @@
 //!
 //! Rules and their sources (graph-protocol.md): fields and JSON shape §1.2; lifetime 42,300 min and
 //! the 45-minute floor §1.3; resources, root-only business drives and no files §1.4; quota §1.5;
-//! error texts §1.6; notification payloads §3.1 and §4.
+//! error texts §1.6; notification payloads §3.1 and §4; the automatic `reauthorizationRequired`
+//! schedule §4 ([`next_reauthorization`]).
 
 use std::collections::HashMap;
 
@@ -55,6 +56,9 @@ pub struct Subscription {
     /// Set by a `reauthorizationRequired` lifecycle event, cleared by reauthorize or PATCH (§4).
     pub needs_reauthorization: bool,
     pub last_reauthorized_at: Option<DateTime<Utc>>,
+    /// When the automatic schedule last sent `reauthorizationRequired` (§4); a PATCH that moves
+    /// the expiry starts the schedule again.
+    pub reauthorization_reminded_at: Option<DateTime<Utc>>,
 }
 
 impl Subscription {
@@ -130,6 +134,32 @@ impl Subscription {
             &self.change_type,
         )
     }
+}
+
+/// When the next automatic `reauthorizationRequired` is due, following §4's timing illustration
+/// applied to the subscription's expiry: the first once at most `start` (180 minutes) is left;
+/// after a reminder with more than `steady_below` (60 minutes) left, the next when half of what was
+/// left remains (180 → 90 → 45 minutes left); below that every `steady_interval` (15 minutes).
+/// `None` once the next one would not come before the expiry.
+pub fn next_reauthorization(
+    expiration: DateTime<Utc>,
+    last_reminded: Option<DateTime<Utc>>,
+    start: Duration,
+    steady_below: Duration,
+    steady_interval: Duration,
+) -> Option<DateTime<Utc>> {
+    let due = match last_reminded {
+        None => expiration - start,
+        Some(at) => {
+            let left = expiration - at;
+            if left > steady_below {
+                at + left / 2
+            } else {
+                at + steady_interval.max(Duration::seconds(1))
+            }
+        }
+    };
+    (due < expiration).then_some(due)
 }
 
 /// The lifecycle events of §4.
@@ -706,6 +736,34 @@ mod tests {
     }
 
     #[test]
+    fn reauthorization_reminders_start_three_hours_before_expiry_halve_then_come_every_fifteen_minutes() {
+        let expiry = Utc::now();
+        let mut reminders = Vec::new();
+        let mut last = None;
+        while let Some(at) = next_reauthorization(
+            expiry,
+            last,
+            Duration::minutes(180),
+            Duration::minutes(60),
+            Duration::minutes(15),
+        ) {
+            reminders.push((expiry - at).num_minutes());
+            last = Some(at);
+        }
+        assert_eq!(reminders, [180, 90, 45, 30, 15]);
+        // Reminded late (a clock jump): the schedule continues from then.
+        let late = expiry - Duration::minutes(100);
+        let next = next_reauthorization(
+            expiry,
+            Some(late),
+            Duration::minutes(180),
+            Duration::minutes(60),
+            Duration::minutes(15),
+        );
+        assert_eq!(next.map(|at| (expiry - at).num_minutes()), Some(50));
+    }
+
+    #[test]
     fn a_notification_resource_has_a_trailing_slash_and_no_leading_one() {
         let (_, _, _, drive) = world(false);
         let mut subscription = Subscription {
@@ -728,6 +786,7 @@ mod tests {
             created_at: Utc::now(),
             needs_reauthorization: false,
             last_reauthorized_at: None,
+            reauthorization_reminded_at: None,
         };
         assert_eq!(
             subscription.notification_resource(),

@@ -1,7 +1,8 @@
 //! Read-only drive endpoints: `me/drive`, `drives/{id}`, their roots and items by id, in Graph's
 //! `drive` and `driveItem` shapes, and the drive delta feed (`root/delta`: full enumeration,
-//! changes since a token, `token=latest`, 410 resync; graph-protocol.md §5). Only the owner may
-//! read a drive; app-only tokens are refused. Uploads come in a later issue.
+//! changes since a token, `token=latest`, 410 resync; graph-protocol.md §5) with the drive's delta
+//! quirks ([`crate::delta`]). Only the owner may read a drive; app-only tokens are refused.
+//! Uploads come in a later issue.
 
 use std::collections::HashMap;
 
@@ -11,6 +12,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::{Caller, ODATA_BASE};
+use crate::delta::DeltaQuirks;
 use crate::drive::{DeltaCursor, DeltaToken, Drive, Item};
 use crate::errors::GraphError;
 use crate::identity::Grant;
@@ -151,8 +153,9 @@ pub(crate) async fn item(
 
 /// A driveItem as the delta feed renders it (graph-protocol.md §5.2, §10 item 11): no
 /// `parentReference.path`, `folder.childCount` 0, and for a deleted item the `deleted` facet
-/// without `cTag` and, on personal drives, `size` (business: `name`).
-pub(crate) fn delta_item_json(drive: &Drive, item: &Item) -> Value {
+/// without `cTag` and, on personal drives, `size` (business: `name`). With the
+/// `business_omits_ctag` quirk, business items never carry `cTag`.
+pub(crate) fn delta_item_json(drive: &Drive, item: &Item, quirks: &DeltaQuirks) -> Value {
     let mut parent = json!({"driveId": drive.id, "driveType": drive_type(drive)});
     if let (Some(parent_id), Some(object)) = (&item.parent_id, parent.as_object_mut()) {
         object.insert("id".to_owned(), json!(parent_id));
@@ -179,6 +182,8 @@ pub(crate) fn delta_item_json(drive: &Drive, item: &Item) -> Value {
             object.insert("deleted".to_owned(), json!({}));
             object.remove("cTag");
             object.remove(if drive.business { "name" } else { "size" });
+        } else if drive.business && quirks.business_omits_ctag {
+            object.remove("cTag");
         }
     }
     body
@@ -194,16 +199,21 @@ enum DeltaRequest {
 /// none starts a full enumeration; `latest`; a deltaLink token starts the changes since its
 /// position; a nextLink token continues its walk. Tokens of an expired epoch are 410 with a
 /// fresh-enumeration `Location` (§5.4).
-fn read_delta_token(sim: &Sim, drive: &Drive, token: Option<&str>) -> GraphResult<DeltaRequest> {
+fn read_delta_token(
+    sim: &Sim,
+    drive: &Drive,
+    token: Option<&str>,
+    quirks: DeltaQuirks,
+) -> GraphResult<DeltaRequest> {
     let token = match token.map(str::trim) {
-        None | Some("") => return Ok(DeltaRequest::Walk(drive.delta_start(None))),
+        None | Some("") => return Ok(DeltaRequest::Walk(drive.delta_start_with(None, quirks))),
         Some("latest") => return Ok(DeltaRequest::Latest),
         Some(token) => token,
     };
     let (drive_id, epoch, cursor) = if let Some(cursor) = DeltaCursor::decode(token) {
         (cursor.drive_id.clone(), cursor.epoch, cursor)
     } else if let Some(position) = DeltaToken::decode(token) {
-        let cursor = drive.delta_start(Some(position.seq));
+        let cursor = drive.delta_start_with(Some(position.seq), quirks);
         (position.drive_id, position.epoch, cursor)
     } else if chrono::DateTime::parse_from_rfc3339(token).is_ok() {
         return Err(GraphError::not_implemented(
@@ -224,15 +234,15 @@ fn read_delta_token(sim: &Sim, drive: &Drive, token: Option<&str>) -> GraphResul
         ));
     }
     if epoch != drive.delta_epoch() {
-        let fresh = drive.delta_start(None);
-        return Err(GraphError::resync_required(delta_link(
-            sim,
-            drive,
-            &fresh.encode(),
-            false,
-        )));
+        return Err(resync(sim, drive, quirks));
     }
     Ok(DeltaRequest::Walk(cursor))
+}
+
+/// The 410 of §5.4, its `Location` starting a fresh enumeration.
+fn resync(sim: &Sim, drive: &Drive, quirks: DeltaQuirks) -> GraphError {
+    let fresh = drive.delta_start_with(None, quirks);
+    GraphError::resync_required(delta_link(sim, drive, &fresh.encode(), false))
 }
 
 /// An absolute delta link, in the `?token=` form or the `delta(token='…')` form.
@@ -246,9 +256,12 @@ fn delta_link(sim: &Sim, drive: &Drive, token: &str, path_form: bool) -> String 
 }
 
 /// One delta answer (graph-protocol.md §5): `token=latest` gives no items and the current
-/// position; otherwise one page of the walk, newest-id first (so children often come before their
-/// parents), with a nextLink or, on the last page, a deltaLink. Link forms alternate from page to
-/// page, so a client must follow them verbatim.
+/// position; otherwise one page of the walk with a nextLink or, on the last page, a deltaLink. A
+/// page lists its planned items newest-id first (so children often come before their parents)
+/// unless the walk has `child_before_parent` (already deepest first), then any items served again
+/// because they changed during the walk (`repeat_items`). Link forms alternate from page to page,
+/// so a client must follow them verbatim. A later page of a walk that can no longer be served is
+/// 410 (§5.4).
 fn serve_delta(
     sim: &Sim,
     state: &mut SimState,
@@ -257,49 +270,56 @@ fn serve_delta(
 ) -> GraphResult<Json<Value>> {
     let page_size = sim.config().timing.delta_page_size;
     let pages_served = state.counters.delta_pages_served;
+    let quirks = state.settings.delta_quirks_for(drive_id);
     let answer = {
         let drive = state
             .drives
             .get(drive_id)
             .ok_or_else(GraphError::item_not_found)?;
-        match read_delta_token(sim, drive, token) {
+        match read_delta_token(sim, drive, token, quirks) {
             Ok(DeltaRequest::Latest) => Ok(json!({
                 "@odata.context": format!("{ODATA_BASE}#Collection(driveItem)"),
                 "value": [],
                 "@odata.deltaLink": delta_link(sim, drive, &drive.latest_delta_token().encode(), false),
             })),
-            Ok(DeltaRequest::Walk(cursor)) => {
-                let page = drive.delta_page(&cursor, page_size);
-                let value: Vec<Value> = page
-                    .items
-                    .iter()
-                    .rev()
-                    .map(|item| delta_item_json(drive, item))
-                    .collect();
-                let path_form = pages_served % 2 == 1;
-                let (key, link) = match &page.next {
-                    Some(next) => (
-                        "@odata.nextLink",
-                        delta_link(sim, drive, &next.encode(), path_form),
-                    ),
-                    None => {
-                        let position = DeltaToken {
-                            drive_id: drive.id.clone(),
-                            seq: cursor.upto,
-                            epoch: cursor.epoch,
-                        };
-                        (
-                            "@odata.deltaLink",
-                            delta_link(sim, drive, &position.encode(), path_form),
-                        )
-                    }
-                };
-                Ok(json!({
-                    "@odata.context": format!("{ODATA_BASE}#Collection(driveItem)"),
-                    "value": value,
-                    key: link,
-                }))
-            }
+            Ok(DeltaRequest::Walk(cursor)) => match drive.try_delta_page(&cursor, page_size) {
+                Ok(page) => {
+                    let walk_quirks = &cursor.quirks;
+                    let planned: Box<dyn Iterator<Item = &&Item>> = if walk_quirks.child_before_parent {
+                        Box::new(page.items.iter())
+                    } else {
+                        Box::new(page.items.iter().rev())
+                    };
+                    let value: Vec<Value> = planned
+                        .chain(page.repeated.iter())
+                        .map(|item| delta_item_json(drive, item, walk_quirks))
+                        .collect();
+                    let path_form = pages_served % 2 == 1;
+                    let (key, link) = match (&page.next, &page.delta_token) {
+                        (Some(next), _) => (
+                            "@odata.nextLink",
+                            delta_link(sim, drive, &next.encode(), path_form),
+                        ),
+                        (None, position) => {
+                            let position = position.clone().unwrap_or_else(|| DeltaToken {
+                                drive_id: drive.id.clone(),
+                                seq: cursor.upto,
+                                epoch: cursor.epoch,
+                            });
+                            (
+                                "@odata.deltaLink",
+                                delta_link(sim, drive, &position.encode(), path_form),
+                            )
+                        }
+                    };
+                    Ok(json!({
+                        "@odata.context": format!("{ODATA_BASE}#Collection(driveItem)"),
+                        "value": value,
+                        key: link,
+                    }))
+                }
+                Err(_) => Err(resync(sim, drive, quirks)),
+            },
             Err(error) => Err(error),
         }
     };

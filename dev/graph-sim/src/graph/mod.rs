@@ -2,8 +2,10 @@
 //! bearer-token authentication.
 //!
 //! The middleware gives every response a `request-id` header and echoes `client-request-id`,
-//! counts the call by route template, answers with an injected fault when one matches, and writes
-//! every [`GraphError`] in Graph's envelope with this request's ids (graph-protocol.md §1.6).
+//! counts the call by route template (and delta calls by drive), answers with an injected fault
+//! when one matches, else with a throttle's error when one covers the call's tenant or drive
+//! ([`crate::throttle`]), and writes every [`GraphError`] in Graph's envelope with this request's
+//! ids (graph-protocol.md §1.6).
 
 pub mod drives;
 pub mod subscriptions;
@@ -20,6 +22,8 @@ use crate::errors::{GraphError, RequestIds};
 use crate::faults;
 use crate::identity::Grant;
 use crate::sim::Sim;
+use crate::state::State as SimState;
+use crate::throttle::CallTarget;
 use crate::time::inner_error_date;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
@@ -79,27 +83,51 @@ async fn graph_middleware(State(sim): State<Sim>, request: Request, next: Next) 
         .get::<MatchedPath>()
         .map_or_else(|| "(unmatched)".to_owned(), |matched| matched.as_str().to_owned());
     let method = request.method().as_str().to_owned();
-    let fault = {
+    let now = sim.now();
+    let (fault, throttled) = {
         let mut state = sim.lock();
         *state
             .counters
             .graph_calls
             .entry(format!("{method} {route}"))
             .or_default() += 1;
+        let segments: Vec<String> = request
+            .uri()
+            .path()
+            .split('/')
+            .filter(|segment| !segment.is_empty())
+            .map(percent_decode)
+            .collect();
+        let caller = bearer_token(request.headers())
+            .and_then(|token| state.identity.authenticate(&token, now).cloned());
+        let target = call_target(&state, &segments, caller.as_ref());
+        if is_delta_call(&segments)
+            && let Some(drive_id) = target.as_ref().and_then(|target| target.drive_id.clone())
+        {
+            *state.counters.delta_calls_by_drive.entry(drive_id).or_default() += 1;
+        }
         // Nesting strips the prefix from the URI; faults are written against the full path.
         let path = format!("{GRAPH_PREFIX}{}", request.uri().path());
         let fault = faults::take_matching(&mut state.faults, &method, &path);
         if fault.is_some() {
             state.counters.faults_injected += 1;
         }
-        fault
+        let state = &mut *state;
+        let throttled = match (&fault, &target) {
+            (None, Some(target)) if caller.is_some() => {
+                state.throttles.check(target, now, &mut state.counters)
+            }
+            _ => None,
+        };
+        (fault, throttled)
     };
-    let mut response = match fault {
-        Some(fault) => {
+    let mut response = match (fault, throttled) {
+        (Some(fault), _) => {
             let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             GraphError::fault(status, fault.retry_after, fault.body).to_response(&ids)
         }
-        None => {
+        (None, Some(throttled)) => throttled.to_response(&ids),
+        (None, None) => {
             let response = next.run(request).await;
             match response.extensions().get::<GraphError>().cloned() {
                 Some(error) => error.to_response(&ids),
@@ -115,6 +143,81 @@ async fn graph_middleware(State(sim): State<Sim>, request: Request, next: Next) 
         headers.insert(CLIENT_REQUEST_ID, value);
     }
     response
+}
+
+/// Decodes `%XX` escapes of a path segment (drive ids may come as `b%21…`).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while let Some(&byte) = bytes.get(index) {
+        let escaped = (byte == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(decoded) => {
+                out.push(decoded);
+                index += 3;
+            }
+            None => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `Authorization: Bearer <token>`'s token.
+fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// `…/root/delta` or `…/root/delta(token=…)` under `/me/drive` or `/drives/{id}`.
+fn is_delta_call(segments: &[String]) -> bool {
+    let tail = match segments {
+        [me, drive, root, call] if me == "me" && drive == "drive" && root == "root" => call,
+        [drives, _, root, call] if drives == "drives" && root == "root" => call,
+        _ => return false,
+    };
+    tail == "delta" || tail.starts_with("delta(")
+}
+
+/// The tenant and drive a call is for (see [`crate::throttle`]): the drive in a `/drives/{id}`
+/// path, a subscription's drive for `/subscriptions/{id}`, otherwise the caller's own drive.
+fn call_target(state: &SimState, segments: &[String], caller: Option<&Grant>) -> Option<CallTarget> {
+    let own_drive = || {
+        caller
+            .and_then(|grant| state.identity.users.get(&grant.user_id))
+            .map(|user| user.drive_id.clone())
+    };
+    let drive_id = match segments {
+        [drives, id, ..] if drives == "drives" => {
+            let known = state
+                .drives
+                .get(id.as_str())
+                .or_else(|| state.drives.get(&id.to_ascii_lowercase()));
+            Some(known.map_or_else(|| id.clone(), |drive| drive.id.clone()))
+        }
+        [subscriptions, id, ..] if subscriptions == "subscriptions" => state
+            .subscriptions
+            .get(id.as_str())
+            .map(|subscription| subscription.target.drive_id.clone())
+            .or_else(own_drive),
+        _ => own_drive(),
+    };
+    let tenant_id = drive_id
+        .as_deref()
+        .and_then(|id| state.drives.get(id))
+        .map(|drive| drive.tenant_id.clone())
+        .or_else(|| caller.map(|grant| grant.tenant_id.clone()))?;
+    Some(CallTarget { tenant_id, drive_id })
 }
 
 /// Graph's answer for a path it does not know.
@@ -152,17 +255,7 @@ impl FromRequestParts<Sim> for Caller {
     type Rejection = GraphError;
 
     async fn from_request_parts(parts: &mut Parts, sim: &Sim) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                let (scheme, token) = value.trim().split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim().to_owned())
-            })
-            .ok_or_else(GraphError::invalid_token)?;
+        let token = bearer_token(&parts.headers).ok_or_else(GraphError::invalid_token)?;
         let now = sim.now();
         let state = sim.lock();
         state

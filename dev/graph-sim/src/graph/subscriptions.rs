@@ -62,7 +62,7 @@ fn admit(sim: &Sim, state: &mut SimState, candidate: &Subscription) -> GraphResu
     if let Some(existing) = find_duplicate(state.subscriptions.values(), candidate, sim.now()) {
         return Err(duplicate_error(existing));
     }
-    if let Some(max) = sim.config().max_subscriptions_per_drive {
+    if let Some(max) = state.settings.max_subscriptions_per_drive {
         let on_drive = state
             .subscriptions
             .values()
@@ -107,6 +107,7 @@ pub(crate) async fn create(
             created_at: now,
             needs_reauthorization: false,
             last_reauthorized_at: None,
+            reauthorization_reminded_at: None,
         };
         admit(&sim, &mut state, &candidate)?;
         candidate
@@ -155,7 +156,8 @@ pub(crate) async fn get_one(
 }
 
 /// `PATCH /subscriptions/{id}`: a new expiration and/or notificationUrl (§1.1). A new URL is
-/// validated first; on failure nothing changes. A PATCH also reauthorizes (§4).
+/// validated first; on failure nothing changes. A PATCH also reauthorizes (§4); a new expiration
+/// restarts the automatic reauthorization schedule.
 pub(crate) async fn update(
     State(sim): State<Sim>,
     Caller(caller): Caller,
@@ -181,6 +183,7 @@ pub(crate) async fn update(
     let subscription = find_visible(&mut state, &id, &caller)?;
     if let Some(expiration) = expiration {
         subscription.expiration = expiration;
+        subscription.reauthorization_reminded_at = None;
     }
     if let Some(url) = request.notification_url {
         subscription.notification_url = url.given;
@@ -203,7 +206,8 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /subscriptions/{id}/reauthorize` → 204 (§1.1, §4).
+/// `POST /subscriptions/{id}/reauthorize` → 204 (§1.1, §4). Clears the mark but not the
+/// automatic schedule: reminders continue until a PATCH moves the expiry.
 pub(crate) async fn reauthorize(
     State(sim): State<Sim>,
     Caller(caller): Caller,

@@ -439,3 +439,88 @@ pub fn entra_error(answer: &Answer) -> (String, u64, String) {
         description,
     )
 }
+
+/// Any call with an optional bearer token and JSON body, the URL taken verbatim.
+pub async fn send(method: reqwest::Method, url: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+    let mut request = http().request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    answer(request.send().await.expect("answers")).await
+}
+
+/// A control call: `{control_url}{path}`.
+pub async fn control_call(
+    running: &RunningSim,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Answer {
+    send(method, &format!("{}{path}", running.control_url()), None, body).await
+}
+
+/// A delta walk as the client saw it: every page's `value`, and the deltaLink.
+#[derive(Debug, Clone)]
+pub struct DeltaWalk {
+    pub pages: Vec<Vec<Value>>,
+    pub delta_link: String,
+}
+
+impl DeltaWalk {
+    /// Every item served, in order, repeats included.
+    pub fn items(&self) -> Vec<Value> {
+        self.pages.iter().flatten().cloned().collect()
+    }
+
+    /// Every id served, in order, repeats included.
+    pub fn ids(&self) -> Vec<String> {
+        self.items()
+            .iter()
+            .map(|item| item["id"].as_str().expect("id").to_owned())
+            .collect()
+    }
+
+    pub fn page_sizes(&self) -> Vec<usize> {
+        self.pages.iter().map(Vec::len).collect()
+    }
+}
+
+/// Follows nextLinks verbatim from `first` (an absolute URL) to the deltaLink.
+pub async fn delta_walk(token: &str, first: &str) -> DeltaWalk {
+    delta_walk_with(token, first, |_, _| {}).await
+}
+
+/// [`delta_walk`], calling `between(page index, page)` after each page that has a nextLink.
+pub async fn delta_walk_with(token: &str, first: &str, mut between: impl FnMut(usize, &Value)) -> DeltaWalk {
+    let mut pages = Vec::new();
+    let mut url = first.to_owned();
+    for index in 0..100_000 {
+        let page = send(reqwest::Method::GET, &url, Some(token), None).await;
+        assert_eq!(page.status, 200, "{url}: {}", page.body);
+        pages.push(page.body["value"].as_array().expect("value").clone());
+        let next = page.body.get("@odata.nextLink").and_then(Value::as_str);
+        let delta = page.body.get("@odata.deltaLink").and_then(Value::as_str);
+        assert!(
+            next.is_some() != delta.is_some(),
+            "nextLink xor deltaLink: {}",
+            page.body
+        );
+        match (next, delta) {
+            (Some(next), _) => {
+                between(index, &page.body);
+                url = next.to_owned();
+            }
+            (None, Some(delta)) => {
+                return DeltaWalk {
+                    pages,
+                    delta_link: delta.to_owned(),
+                };
+            }
+            _ => unreachable!(),
+        }
+    }
+    panic!("the walk never ended");
+}
