@@ -113,6 +113,8 @@ pub struct StackOptions {
     /// The key secret's value (the dev ring unless set).
     pub key_secret: String,
     pub clock: OffsetClock,
+    /// Run process-changes on the notifications queue (off: tests read the queue themselves).
+    pub run_process_changes: bool,
 }
 
 impl Default for StackOptions {
@@ -122,6 +124,7 @@ impl Default for StackOptions {
             overrides: Vec::new(),
             key_secret: dev_ring_json(),
             clock: OffsetClock::new(),
+            run_process_changes: false,
         }
     }
 }
@@ -150,6 +153,7 @@ impl TestStack {
                 secret_values: BTreeMap::from([("ClientStateKeysSecret".to_owned(), options.key_secret)]),
                 parameters: local_parameters(),
                 clock: Arc::new(options.clock.clone()),
+                run_process_changes: options.run_process_changes,
             },
         )
         .await
@@ -179,6 +183,41 @@ impl TestStack {
     /// Everything on the notifications queue now, read as the processor would (and deleted).
     pub async fn drain(&self) -> Vec<Received> {
         drain(&self.aws, &self.queue_url(), Duration::from_millis(300)).await
+    }
+
+    /// Everything on the notifications queue now, as SQS returned it (and deleted), for tests
+    /// that hand messages to process-changes themselves.
+    pub async fn drain_raw(&self) -> Vec<aws_sdk_sqs::types::Message> {
+        let sqs = aws_sdk_sqs::Client::new(&self.aws);
+        let mut out = Vec::new();
+        let mut idle_since = tokio::time::Instant::now();
+        while idle_since.elapsed() < Duration::from_millis(300) {
+            let got = sqs
+                .receive_message()
+                .queue_url(self.queue_url())
+                .max_number_of_messages(10)
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default();
+            if got.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            idle_since = tokio::time::Instant::now();
+            for m in got {
+                sqs.delete_message()
+                    .queue_url(self.queue_url())
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                out.push(m);
+            }
+        }
+        out
     }
 
     /// Waits up to `timeout` until at least `count` messages arrived; returns all read.

@@ -91,6 +91,9 @@ pub struct ServeConfig {
     /// Template parameter values ([`local_parameters`] for graph-sim).
     pub parameters: BTreeMap<String, String>,
     pub clock: SharedClock,
+    /// Run process-changes on the notifications queue (the SQS event source emulator), as
+    /// `make local` does. Tests that read the notifications queue themselves leave it off.
+    pub run_process_changes: bool,
 }
 
 /// A running local stack.
@@ -101,6 +104,12 @@ pub struct Running {
     pub notify_env: Env,
     /// The environment connect was built from.
     pub connect_env: Env,
+    /// The environment process-changes was built from.
+    pub process_env: Env,
+    /// process-changes, built from `process_env` (tests invoke it directly).
+    pub process_changes: Arc<process_changes::ProcessChanges>,
+    /// The event source emulator feeding it, when [`ServeConfig::run_process_changes`] is set.
+    pub poller: Option<poller::PollerHandle>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -109,9 +118,17 @@ impl Running {
         format!("http://{}", self.addr)
     }
 
-    /// Stops serving.
+    /// Stops serving (and polling).
     pub fn stop(self) {
         self.server.abort();
+    }
+
+    /// The ARN and URL process-changes is mapped to, as the template says.
+    pub fn process_changes_source(
+        &self,
+        template: &Template,
+    ) -> Result<poller::PollerConfig, template::TemplateError> {
+        poller::PollerConfig::from_template(template, &self.stack, "ProcessChangesFunction")
     }
 }
 
@@ -126,6 +143,8 @@ pub enum ServeError {
     Notify(#[from] notify::StartupError),
     #[error(transparent)]
     Connect(#[from] connect::StartupError),
+    #[error(transparent)]
+    ProcessChanges(#[from] process_changes::StartupError),
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
     #[error("cannot listen on {addr}: {reason}")]
@@ -166,6 +185,22 @@ pub async fn serve(template: &Template, config: ServeConfig) -> Result<Running, 
     let notify = notify::wire(&notify_env, &config.aws, config.clock.clone()).await?;
     let connect_env = function_env(&stack, template, "ConnectFunction", &overrides)?;
     let connect = connect::wire(&connect_env, &config.aws, config.clock.clone()).await?;
+    let process_env = function_env(&stack, template, "ProcessChangesFunction", &overrides)?;
+    let process = Arc::new(process_changes::wire(&process_env, &config.aws, config.clock.clone()).await?);
+    let poller = if config.run_process_changes {
+        let source = poller::PollerConfig::from_template(template, &stack, "ProcessChangesFunction")?;
+        let handler = process.clone();
+        Some(poller::spawn_poller(
+            aws_sdk_sqs::Client::new(&config.aws),
+            source,
+            poller::sqs_handler(move |event, deadline| {
+                let handler = handler.clone();
+                async move { Ok(handler.handle(event, deadline).await) }
+            }),
+        ))
+    } else {
+        None
+    };
     let mut functions: HashMap<String, Arc<dyn HttpFunction>> = HashMap::new();
     functions.insert("NotifyFunction".into(), Arc::new(notify));
     functions.insert("ConnectFunction".into(), Arc::new(connect));
@@ -181,6 +216,9 @@ pub async fn serve(template: &Template, config: ServeConfig) -> Result<Running, 
         stack,
         notify_env,
         connect_env,
+        process_env,
+        process_changes: process,
+        poller,
         server,
     })
 }

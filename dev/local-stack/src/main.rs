@@ -133,6 +133,7 @@ async fn main() -> Result<()> {
             secret_values: BTreeMap::from([("ClientStateKeysSecret".to_owned(), dev_ring)]),
             parameters: local_stack::local_parameters(),
             clock: shared_clock,
+            run_process_changes: true,
         },
     )
     .await
