@@ -243,6 +243,14 @@ impl Processor {
                 Kind::Lifecycle => match envelope.lifecycle_event {
                     Some(LifecycleEvent::ReauthorizationRequired)
                     | Some(LifecycleEvent::SubscriptionRemoved) => {
+                        // A throttled tenant gets no Graph call before its Retry-After, renewals included.
+                        match self.walker.data.throttled_until(&state.tenant_id).await {
+                            Ok(Some(until)) if until > self.walker.clock.now() => {
+                                return self.failed(drive_key, &WalkError::Throttled { until }, receives);
+                            }
+                            Ok(_) => {}
+                            Err(e) => return self.failed(drive_key, &WalkError::from(e), receives),
+                        }
                         if let Err(e) = self.lifecycle.renew(&state).await {
                             match e {
                                 LifecycleError::NeedsReauth => {

@@ -1,15 +1,24 @@
 //! The `make local` demo: a simulated user signs in (graph-sim mints their access token for
 //! graphfeed's API) and connects through the real `POST /connect` route: on-behalf-of exchange,
 //! refresh token into the KMS vault, subscription through Graph's validation handshake with the
-//! local notify, baseline queued. Then a file changes, Graph notifies, notify verifies and
-//! enqueues, and the messages are shown as they land on the notifications queue.
+//! local notify, baseline queued. process-changes (fed by the local SQS event-source emulator)
+//! walks the drive. Then the demo changes files (create, rename, edit, delete) and prints each
+//! change event as process-changes logs it.
 //!
-//! Until process-changes exists, the demo is the queue's consumer: it prints and deletes each
-//! message. Later issues replace this with the real processor.
+//! Events are read from the drive's change log in DynamoDB, not from the changes queue, so the
+//! queue is left whole for a downstream consumer you run yourself.
 
 #![allow(clippy::print_stdout)]
 
 use std::time::Duration;
+
+use shared::changes::ChangeEvent;
+use shared::ids::DriveKey;
+use shared::store::{ConnectionStore, DynamoStore};
+use shared::walk_store::{DynamoWalkStore, Scope, WalkStore};
+
+/// One change the demo makes to the drive.
+type Step = Box<dyn Fn(&graph_sim::Sim, &str) -> Result<(), graph_sim::SimError> + Send>;
 
 /// Runs the demo until aborted. Failures are printed, never fatal to the local stack.
 pub async fn run(
@@ -17,16 +26,101 @@ pub async fn run(
     api_url: String,
     control_url: String,
     aws: aws_config::SdkConfig,
-    queue_url: String,
+    table: String,
 ) {
-    if let Err(e) = connect_and_change(&sim, &api_url, &control_url).await {
-        println!("demo: stopped: {e:#}");
-        return;
+    let (user, drive_key) = match connect(&sim, &api_url, &control_url).await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("demo: stopped: {e:#}");
+            return;
+        }
+    };
+    let ddb = aws_sdk_dynamodb::Client::new(&aws);
+    let drives = DynamoStore::new(ddb.clone(), table.clone());
+    let log = DynamoWalkStore::new(ddb, table, chrono::Duration::days(7), shared::clock::system());
+    let mut watcher = LogWatcher {
+        drives,
+        log,
+        drive_key,
+        seen: 0,
+    };
+    // The baseline first, then one change of each kind, each shown as its event arrives.
+    watcher.wait_for(1).await;
+    let steps: [(&str, Step); 4] = [
+        (
+            "create hello.txt",
+            Box::new(|sim, drive| sim.create_item(drive, &new_file("hello.txt")).map(|_| ())),
+        ),
+        (
+            "rename it to hello-world.txt",
+            Box::new(|sim, drive| {
+                let id = find(sim, drive, "hello.txt")?;
+                sim.update_item(
+                    drive,
+                    &id,
+                    &graph_sim::ItemUpdate {
+                        name: Some("hello-world.txt".into()),
+                        parent_id: None,
+                    },
+                )
+                .map(|_| ())
+            }),
+        ),
+        (
+            "edit its content",
+            Box::new(|sim, drive| {
+                let id = find(sim, drive, "hello-world.txt")?;
+                sim.modify_item(drive, &id, Some(42)).map(|_| ())
+            }),
+        ),
+        (
+            "delete it",
+            Box::new(|sim, drive| {
+                let id = find(sim, drive, "hello-world.txt")?;
+                sim.delete_item(drive, &id).map(|_| ())
+            }),
+        ),
+    ];
+    for (what, step) in steps {
+        println!("demo: {what}");
+        if let Err(e) = step(&sim, &user.drive_id) {
+            println!("demo: could not {what}: {e}");
+            return;
+        }
+        let target = watcher.seen + 1;
+        watcher.wait_for(target).await;
     }
-    watch_queue(&aws, &queue_url).await;
+    println!(
+        "demo: change more with `curl -X POST {control_url}/drives/{}/items -H 'content-type: application/json' -d '{{\"name\":\"more.txt\"}}'`; events keep appearing here",
+        user.drive_id
+    );
+    watcher.wait_for(u64::MAX).await;
 }
 
-async fn connect_and_change(sim: &graph_sim::Sim, api_url: &str, control_url: &str) -> anyhow::Result<()> {
+fn new_file(name: &str) -> graph_sim::NewItem {
+    graph_sim::NewItem {
+        parent_id: None,
+        name: name.into(),
+        folder: false,
+        size: 12,
+    }
+}
+
+fn find(sim: &graph_sim::Sim, drive: &str, name: &str) -> Result<String, graph_sim::SimError> {
+    sim.journal(drive)?
+        .iter()
+        .rev()
+        .filter_map(|entry| sim.item(drive, &entry.item_id).ok())
+        .find(|item| item.name == name && !item.deleted)
+        .map(|item| item.id)
+        .ok_or_else(|| graph_sim::SimError::NotFound(format!("{name} is not in the drive")))
+}
+
+async fn connect(
+    sim: &graph_sim::Sim,
+    api_url: &str,
+    control_url: &str,
+) -> anyhow::Result<(graph_sim::CreatedUser, DriveKey)> {
     let user = sim.create_user(graph_sim::NewUser {
         display_name: Some("Demo User".into()),
         ..Default::default()
@@ -51,69 +145,74 @@ async fn connect_and_change(sim: &graph_sim::Sim, api_url: &str, control_url: &s
         body["expires_at"].as_str().unwrap_or("?"),
         body["walk"].as_str().unwrap_or("?"),
     );
-    let item = sim.create_item(
-        &user.drive_id,
-        &graph_sim::NewItem {
-            parent_id: None,
-            name: "hello.txt".into(),
-            folder: false,
-            size: 12,
-        },
-    )?;
-    println!(
-        "demo: created {} in the drive; Graph will notify graphfeed",
-        item.name
-    );
-    println!(
-        "demo: change more with `curl -X POST {control_url}/drives/{}/items -H 'content-type: application/json' -d '{{\"name\":\"more.txt\"}}'`",
-        user.drive_id
-    );
     println!(
         "demo: a token for this user: `curl -s -X POST {control_url}/users/{}/api-token`, then `curl -H \"Authorization: Bearer $TOKEN\" {api_url}/connect`",
         user.user_id
     );
-    Ok(())
+    let drive_key = DriveKey::parse(body["drive_key"].as_str().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("POST /connect gave no drive key: {e}"))?;
+    Ok((user, drive_key))
 }
 
-use shared::envelope::Envelope;
+/// Prints the drive's change-log entries as they appear.
+struct LogWatcher {
+    drives: DynamoStore,
+    log: DynamoWalkStore,
+    drive_key: DriveKey,
+    seen: u64,
+}
 
-async fn watch_queue(aws: &aws_config::SdkConfig, queue_url: &str) {
-    let sqs = aws_sdk_sqs::Client::new(aws);
-    loop {
-        let received = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(5)
-            .send()
-            .await;
-        let messages = match received {
-            Ok(out) => out.messages.unwrap_or_default(),
-            Err(e) => {
-                println!(
-                    "demo: reading the notifications queue failed: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
-                );
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        for m in messages {
-            match Envelope::from_json(m.body().unwrap_or_default()) {
-                Ok(e) => println!(
-                    "demo: queued {:?} for drive {} (tenant {}): {} notification(s), received {}",
-                    e.kind, e.drive_key, e.tenant_id, e.notifications, e.received_at
-                ),
-                Err(e) => println!("demo: a message that is not an envelope: {e}"),
-            }
-            if let Some(handle) = m.receipt_handle() {
-                let _ = sqs
-                    .delete_message()
-                    .queue_url(queue_url)
-                    .receipt_handle(handle)
-                    .send()
-                    .await;
+impl LogWatcher {
+    /// Prints new entries until the log reaches `sequence` (gives up on a step after 30 s).
+    async fn wait_for(&mut self, sequence: u64) {
+        let mut idle = 0;
+        while self.seen < sequence {
+            match self.poll().await {
+                Ok(0) => {
+                    idle += 1;
+                    if sequence != u64::MAX && idle > 60 {
+                        println!("demo: no change event for 30 s; is process-changes running?");
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(_) => idle = 0,
+                Err(e) => {
+                    println!("demo: reading the change log failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
             }
         }
+    }
+
+    async fn poll(&mut self) -> Result<usize, shared::store::StoreError> {
+        let Some(state) = self.drives.drive(&self.drive_key).await? else {
+            return Ok(0);
+        };
+        let scope = Scope {
+            drive_key: &self.drive_key,
+            generation: state.generation,
+        };
+        let entries = self.log.log_after(scope, self.seen, 100).await?;
+        for entry in &entries {
+            match serde_json::from_str::<ChangeEvent>(&entry.event) {
+                Ok(e) => println!(
+                    "demo: change event #{}: {}{} {}",
+                    e.sequence,
+                    e.change.as_str(),
+                    e.update
+                        .map(|u| format!(" ({u:?})").to_lowercase())
+                        .unwrap_or_default(),
+                    match (&e.previous_path, &e.path) {
+                        (Some(before), Some(after)) => format!("{before} -> {after}"),
+                        (None, Some(path)) => path.clone(),
+                        _ => String::new(),
+                    }
+                ),
+                Err(e) => println!("demo: a log entry that is not a change event: {e}"),
+            }
+            self.seen = entry.sequence;
+        }
+        Ok(entries.len())
     }
 }

@@ -4,8 +4,9 @@
 //! `GRAPH_BASE_URL` and `ENTRA_AUTHORITY_HOST` point elsewhere), bootstraps the template's
 //! resources, serves the functions on `http://127.0.0.1:${GRAPHFEED_PORT:-3000}` with the
 //! template's routes, prints one line when ready, and runs until Ctrl-C or SIGTERM; what it
-//! started stops with it. With graph-sim local, a demo connects a simulated user, changes a file
-//! and shows the notification arriving on the queue.
+//! started stops with it. process-changes runs on the notifications queue through the SQS
+//! event-source emulator. With graph-sim local, a demo connects a simulated user, changes files
+//! and shows each change event as process-changes logs it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -150,6 +151,11 @@ async fn main() -> Result<()> {
         &running.connect_env,
         &aws_endpoint_env(&endpoint, &region),
     )?;
+    write_env_file(
+        "process-changes",
+        &running.process_env,
+        &aws_endpoint_env(&endpoint, &region),
+    )?;
 
     let routes: Vec<String> = template
         .http_routes()
@@ -167,9 +173,9 @@ async fn main() -> Result<()> {
             .unwrap_or("(notify makes no Graph call)")
     );
 
-    let queue_url = running
-        .stack
-        .reference("NotificationsQueue")
+    let table = running
+        .process_env
+        .get("TABLE_NAME")
         .unwrap_or_default()
         .to_owned();
     let demo = match (&sim, args.no_demo) {
@@ -178,7 +184,7 @@ async fn main() -> Result<()> {
             running.url(),
             sim.control_url(),
             aws.clone(),
-            queue_url,
+            table,
         ))),
         (None, false) => {
             println!(
@@ -247,7 +253,7 @@ fn aws_endpoint_env(endpoint: &str, region: &str) -> Vec<(String, String)> {
 /// Writes the variables the template gives `function` (resolved against the local stack) to
 /// `.local/<function>.env`. Only names graphfeed reads are written, never the caller's whole env.
 fn write_env_file(function: &str, env: &Env, aws: &[(String, String)]) -> Result<()> {
-    const PREFIXES: [&str; 10] = [
+    const PREFIXES: [&str; 12] = [
         "ENTRA_",
         "GRAPH_",
         "NOTIFICATION",
@@ -258,6 +264,8 @@ fn write_env_file(function: &str, env: &Env, aws: &[(String, String)]) -> Result
         "RENEW_",
         "RUST_LOG",
         "CHANGES_",
+        "CHANGE_LOG_",
+        "DEAD_LETTER_",
     ];
     let mut lines: Vec<String> = env
         .iter()
