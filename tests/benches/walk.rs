@@ -9,6 +9,8 @@
 //!    changed item (index writes are batched 25 per call, log entries 100 per transaction).
 //!
 //! Needs `target/release/graph-sim` (`make bench-walk` builds it) and moto (`make venv`).
+//! Run by `cargo test --all-targets` (without `--bench`), it is a quick smoke run instead: a
+//! 2,000-item drive from an in-process graph-sim, the same assertions, no figures worth quoting.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark binary: a panic is the report
 
@@ -35,18 +37,35 @@ use shared::walker::{WalkLimits, WalkOutcome, WalkStats, Walker};
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
 
-const ITEMS: usize = 100_000;
-const FOLDERS: usize = 2_000;
+/// Items and folders of the enumerated drive: the benchmark's, or the smoke run's.
+fn sizes(full: bool) -> (usize, usize) {
+    if full { (100_000, 2_000) } else { (2_000, 100) }
+}
 
 struct SimProcess {
-    child: Child,
+    child: Option<Child>,
+    /// Keeps an in-process simulator (the smoke run) alive.
+    _in_process: Option<graph_sim::RunningSim>,
     base: String,
 }
 
 impl Drop for SimProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn start_in_process_sim() -> SimProcess {
+    let clock = shared::clock::OffsetClock::new();
+    let sim = graphfeed_tests::start_sim_with(&clock, graph_sim::Timing::fast()).await;
+    let base = sim.graph_base_url().trim_end_matches("/v1.0").to_owned();
+    SimProcess {
+        child: None,
+        _in_process: Some(sim),
+        base,
     }
 }
 
@@ -80,7 +99,11 @@ fn start_sim() -> SimProcess {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("unexpected ready line: {line}"))
         .to_owned();
-    SimProcess { child, base }
+    SimProcess {
+        child: Some(child),
+        _in_process: None,
+        base,
+    }
 }
 
 struct SimUser {
@@ -158,9 +181,10 @@ fn far() -> Instant {
     Instant::now() + Duration::from_secs(3600)
 }
 
-async fn enumeration(http: &reqwest::Client, sim: &SimProcess) {
+async fn enumeration(http: &reqwest::Client, sim: &SimProcess, full: bool) {
+    let (items, folders) = sizes(full);
     let user = new_user(http, &sim.base).await;
-    populate(http, &sim.base, &user.drive_id, ITEMS - FOLDERS - 1, FOLDERS).await;
+    populate(http, &sim.base, &user.drive_id, items - folders - 1, folders).await;
     let drive_key = DriveKey::random();
     let drives = Arc::new(MemoryStore::new());
     drives.put_drive(&drive_state(&user, drive_key)).await.unwrap();
@@ -200,7 +224,7 @@ async fn enumeration(http: &reqwest::Client, sim: &SimProcess) {
         mib(peak.saturating_sub(before).saturating_sub(kept)),
         mib(peak.saturating_sub(before))
     );
-    assert_eq!(indexed, ITEMS, "every item of the drive is in the index");
+    assert_eq!(indexed, items, "every item of the drive is in the index");
 }
 
 /// Counts drive-state writes (the checkpoint and the commit) around the real DynamoDB store.
@@ -241,7 +265,8 @@ impl ConnectionStore for CountingDrives {
     }
 }
 
-async fn dynamodb_cost(http: &reqwest::Client, sim: &SimProcess) {
+async fn dynamodb_cost(http: &reqwest::Client, sim: &SimProcess, full: bool) {
+    let changes = if full { 1_000 } else { 100 };
     let aws = graphfeed_tests::aws().await;
     let ddb = aws_sdk_dynamodb::Client::new(&aws);
     let table = format!("bench-walk-{}", graphfeed_tests::unique_stack());
@@ -301,7 +326,7 @@ async fn dynamodb_cost(http: &reqwest::Client, sim: &SimProcess) {
         .walk(&drive_key, far(), &mut WalkStats::default())
         .await
         .unwrap();
-    // Change 1,000 files' content.
+    // Change 1,000 files' content (100 in the smoke run).
     let scope = Scope {
         drive_key: &drive_key,
         generation: 1,
@@ -313,7 +338,7 @@ async fn dynamodb_cost(http: &reqwest::Client, sim: &SimProcess) {
         .into_iter()
         .filter(|e| !e.item.folder && !e.item.root)
         .map(|e| e.item.id)
-        .take(1_000)
+        .take(changes)
         .collect();
     for id in &files {
         http.post(format!(
@@ -371,8 +396,14 @@ async fn dynamodb_cost(http: &reqwest::Client, sim: &SimProcess) {
 
 #[tokio::main]
 async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this as a smoke test.
+    let full = std::env::args().any(|a| a == "--bench");
     let http = reqwest::Client::new();
-    let sim = start_sim();
-    enumeration(&http, &sim).await;
-    dynamodb_cost(&http, &sim).await;
+    let sim = if full {
+        start_sim()
+    } else {
+        start_in_process_sim().await
+    };
+    enumeration(&http, &sim, full).await;
+    dynamodb_cost(&http, &sim, full).await;
 }
