@@ -142,6 +142,27 @@ pub fn error_from_parts(
     }
 }
 
+/// A non-success answer as a [`GraphError`], with its `Location` header (a delta 410 carries the
+/// link that restarts the enumeration there).
+async fn read_failure(response: reqwest::Response) -> (GraphError, Option<String>) {
+    let status = response.status();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let retry_after = header("retry-after");
+    let request_id = header("request-id");
+    let location = header("location");
+    let body = response.bytes().await.unwrap_or_default();
+    (
+        error_from_parts(status, retry_after.as_deref(), request_id.as_deref(), &body),
+        location,
+    )
+}
+
 /// A Graph subscription as Graph returns it (the fields graphfeed uses).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -274,23 +295,7 @@ impl GraphClient {
         if response.status().is_success() {
             return Ok(response);
         }
-        let status = response.status();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let retry_after = header("retry-after");
-        let request_id = header("request-id");
-        let body = response.bytes().await.unwrap_or_default();
-        Err(error_from_parts(
-            status,
-            retry_after.as_deref(),
-            request_id.as_deref(),
-            &body,
-        ))
+        Err(read_failure(response).await.0)
     }
 
     async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, GraphError> {
@@ -398,36 +403,18 @@ impl GraphClient {
             .get(url)
             .bearer_auth(token.expose_secret())
             .header("client-request-id", uuid::Uuid::new_v4().to_string());
-        let response = request.send().await.map_err(|e| {
+        let transport = |e: reqwest::Error| {
             DeltaError::Graph(GraphError::Transport {
                 timeout: e.is_timeout(),
                 reason: e.without_url().to_string(),
             })
-        })?;
-        let status = response.status();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
         };
-        let retry_after = header("retry-after");
-        let request_id = header("request-id");
-        let location = header("location");
-        let body = response.bytes().await.map_err(|e| {
-            DeltaError::Graph(GraphError::Transport {
-                timeout: e.is_timeout(),
-                reason: e.without_url().to_string(),
-            })
-        })?;
-        if status.is_success() {
-            return parse_page(&body);
+        let response = request.send().await.map_err(transport)?;
+        if !response.status().is_success() {
+            let (error, location) = read_failure(response).await;
+            return Err(classify(error, location));
         }
-        Err(classify(
-            error_from_parts(status, retry_after.as_deref(), request_id.as_deref(), &body),
-            location,
-        ))
+        parse_page(&response.bytes().await.map_err(transport)?)
     }
 
     /// `POST /subscriptions/{id}/reauthorize` (§4). Never within 10 minutes of a PATCH.

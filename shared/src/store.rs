@@ -120,6 +120,26 @@ pub struct Logged {
     pub count: u64,
 }
 
+impl DriveState {
+    /// A drive's first state: generation 1, baseline pending, nothing walked yet.
+    pub fn first(drive_key: DriveKey, tenant_id: &str, user_oid: &str, drive_id: &str) -> Self {
+        Self {
+            drive_key,
+            tenant_id: tenant_id.to_owned(),
+            user_oid: user_oid.to_owned(),
+            drive_id: drive_id.to_owned(),
+            generation: 1,
+            state: DriveStatus::BaselinePending,
+            delta_link: None,
+            seq_high_water: 0,
+            last_walk_completed_at: None,
+            last_walk_started_at: None,
+            checkpoint: None,
+            version: 1,
+        }
+    }
+}
+
 /// A drive's Graph subscription (pk `DRIVE#<drive key>`, sk `SUB`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionRecord {
@@ -198,11 +218,15 @@ fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
     ])
 }
 
-fn call_error<E: std::error::Error + 'static>(e: aws_sdk_dynamodb::error::SdkError<E>) -> StoreError {
+pub(crate) fn call_error<E: std::error::Error + 'static>(
+    e: aws_sdk_dynamodb::error::SdkError<E>,
+) -> StoreError {
     StoreError::Call(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
 }
 
-fn is_condition_failure<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
+/// Whether a DynamoDB call failed on its condition (a lost race, or a forward-only write that is
+/// already at or past its value).
+pub(crate) fn is_condition_failure<E>(e: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
 {
@@ -362,20 +386,7 @@ pub async fn begin_connection(
     for _ in 0..4 {
         let (next, reauthorized) = match store.drive(drive_key).await? {
             None => (
-                DriveState {
-                    drive_key: *drive_key,
-                    tenant_id: user.tenant.to_string(),
-                    user_oid: user.object.to_string(),
-                    drive_id: drive_id.to_owned(),
-                    generation: 1,
-                    state: DriveStatus::BaselinePending,
-                    delta_link: None,
-                    seq_high_water: 0,
-                    last_walk_completed_at: None,
-                    last_walk_started_at: None,
-                    checkpoint: None,
-                    version: 1,
-                },
+                DriveState::first(*drive_key, user.tenant.as_str(), user.object.as_str(), drive_id),
                 false,
             ),
             Some(current) if current.state == DriveStatus::Disconnected => (

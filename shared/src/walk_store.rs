@@ -24,7 +24,7 @@ use futures::future::BoxFuture;
 
 use crate::delta::ItemState;
 use crate::ids::DriveKey;
-use crate::store::StoreError;
+use crate::store::{StoreError, call_error, is_condition_failure};
 
 /// An index entry and the walk that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,10 +352,6 @@ fn s(value: impl Into<String>) -> AttributeValue {
 
 fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
-}
-
-fn call_error<E: std::error::Error + 'static>(e: aws_sdk_dynamodb::error::SdkError<E>) -> StoreError {
-    StoreError::Call(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string())
 }
 
 fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Result<&'a str, StoreError> {
@@ -719,13 +715,7 @@ impl WalkStore for DynamoWalkStore {
                             .await;
                         match put {
                             Ok(_) => Ok(()),
-                            Err(e)
-                                if e.as_service_error()
-                                    .and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code)
-                                    == Some("ConditionalCheckFailedException") =>
-                            {
-                                Err(StoreError::Conflict)
-                            }
+                            Err(e) if is_condition_failure(&e) => Err(StoreError::Conflict),
                             Err(e) => Err(call_error(e)),
                         }
                     }
@@ -789,13 +779,7 @@ impl WalkStore for DynamoWalkStore {
             match update {
                 Ok(_) => Ok(()),
                 // Already at or past it: forward-only, nothing to do.
-                Err(e)
-                    if e.as_service_error()
-                        .and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code)
-                        == Some("ConditionalCheckFailedException") =>
-                {
-                    Ok(())
-                }
+                Err(e) if is_condition_failure(&e) => Ok(()),
                 Err(e) => Err(call_error(e)),
             }
         })
@@ -853,13 +837,7 @@ impl WalkStore for DynamoWalkStore {
                 .await;
             match update {
                 Ok(_) => Ok(()),
-                Err(e)
-                    if e.as_service_error()
-                        .and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code)
-                        == Some("ConditionalCheckFailedException") =>
-                {
-                    Ok(())
-                }
+                Err(e) if is_condition_failure(&e) => Ok(()),
                 Err(e) => Err(call_error(e)),
             }
         })

@@ -27,9 +27,7 @@ use shared::config::GraphConfig;
 use shared::graph::GraphClient;
 use shared::ids::{DriveKey, UserKey};
 use shared::queue::MemoryQueue;
-use shared::store::{
-    ConnectionStore, DriveState, DriveStatus, MemoryStore, StoreError, SubscriptionRecord, UserRecord,
-};
+use shared::store::{ConnectionStore, DriveState, MemoryStore, StoreError, SubscriptionRecord, UserRecord};
 use shared::tokens::StaticToken;
 use shared::walk_store::{DynamoWalkStore, MemoryWalkStore, Scope, WalkStore};
 use shared::walker::{WalkLimits, WalkOutcome, WalkStats, Walker};
@@ -145,20 +143,7 @@ async fn populate(http: &reqwest::Client, base: &str, drive_id: &str, files: usi
 }
 
 fn drive_state(user: &SimUser, drive_key: DriveKey) -> DriveState {
-    DriveState {
-        drive_key,
-        tenant_id: user.tenant_id.clone(),
-        user_oid: user.user_id.clone(),
-        drive_id: user.drive_id.clone(),
-        generation: 1,
-        state: DriveStatus::BaselinePending,
-        delta_link: None,
-        seq_high_water: 0,
-        last_walk_completed_at: None,
-        last_walk_started_at: None,
-        checkpoint: None,
-        version: 1,
-    }
+    DriveState::first(drive_key, &user.tenant_id, &user.user_id, &user.drive_id)
 }
 
 fn walker(base: &str, user: &SimUser, drives: Arc<dyn ConnectionStore>, data: Arc<dyn WalkStore>) -> Walker {

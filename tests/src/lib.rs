@@ -251,6 +251,39 @@ impl TestStack {
     }
 }
 
+impl TestStack {
+    /// Connects `user` through `POST /connect` (asserting 200) and returns their drive key.
+    pub async fn connect(&self, user: &SignedInUser) -> shared::ids::DriveKey {
+        let response = reqwest::Client::new()
+            .post(self.url("/connect"))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "POST /connect");
+        let body: serde_json::Value = response.json().await.unwrap();
+        shared::ids::DriveKey::parse(body["drive_key"].as_str().unwrap()).unwrap()
+    }
+
+    /// The connection store process-changes uses (moto).
+    pub fn drive_store(&self) -> shared::store::DynamoStore {
+        shared::store::DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&self.aws),
+            self.running.process_env.get("TABLE_NAME").unwrap(),
+        )
+    }
+
+    /// The walk store process-changes uses (moto): index, log, cursor.
+    pub fn walk_store(&self) -> shared::walk_store::DynamoWalkStore {
+        shared::walk_store::DynamoWalkStore::new(
+            aws_sdk_dynamodb::Client::new(&self.aws),
+            self.running.process_env.get("TABLE_NAME").unwrap(),
+            chrono::Duration::days(7),
+            shared::clock::system(),
+        )
+    }
+}
+
 /// A message read from the notifications queue.
 #[derive(Debug, Clone)]
 pub struct Received {

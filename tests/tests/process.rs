@@ -145,20 +145,12 @@ impl Harness {
         self.processor.walker.tokens = Arc::new(StaticToken(SecretString::from(user.access_token.clone())));
         let key = DriveKey::random();
         self.drives
-            .put_drive(&DriveState {
-                drive_key: key,
-                tenant_id: user.tenant_id.clone(),
-                user_oid: user.user_id.clone(),
-                drive_id: user.drive_id.clone(),
-                generation: 1,
-                state: DriveStatus::BaselinePending,
-                delta_link: None,
-                seq_high_water: 0,
-                last_walk_completed_at: None,
-                last_walk_started_at: None,
-                checkpoint: None,
-                version: 1,
-            })
+            .put_drive(&DriveState::first(
+                key,
+                &user.tenant_id,
+                &user.user_id,
+                &user.drive_id,
+            ))
             .await
             .unwrap();
         Drive { user, key }
@@ -291,20 +283,12 @@ async fn a_failing_drive_returns_its_own_messages_and_nothing_else_with_the_retr
         user: b_user.clone(),
     };
     h.drives
-        .put_drive(&DriveState {
-            drive_key: b.key,
-            tenant_id: b_user.tenant_id.clone(),
-            user_oid: b_user.user_id.clone(),
-            drive_id: b_user.drive_id.clone(),
-            generation: 1,
-            state: DriveStatus::BaselinePending,
-            delta_link: None,
-            seq_high_water: 0,
-            last_walk_completed_at: None,
-            last_walk_started_at: None,
-            checkpoint: None,
-            version: 1,
-        })
+        .put_drive(&DriveState::first(
+            b.key,
+            &b_user.tenant_id,
+            &b_user.user_id,
+            &b_user.drive_id,
+        ))
         .await
         .unwrap();
     // Drive A's delta answers 503 with a Retry-After; drive B only needs its subscription renewed.

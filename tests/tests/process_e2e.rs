@@ -13,9 +13,8 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use graph_sim::NewItem;
 use graphfeed_tests::{SignedInUser, StackOptions, TestStack};
 use shared::changes::{Change, ChangeEvent};
-use shared::ids::DriveKey;
 use shared::store::{ConnectionStore, DriveStatus};
-use shared::walk_store::{DynamoWalkStore, Scope, WalkStore};
+use shared::walk_store::{Scope, WalkStore};
 
 async fn stack(run_process_changes: bool) -> TestStack {
     TestStack::start_with(StackOptions {
@@ -23,18 +22,6 @@ async fn stack(run_process_changes: bool) -> TestStack {
         ..StackOptions::default()
     })
     .await
-}
-
-async fn connect(stack: &TestStack, user: &SignedInUser) -> DriveKey {
-    let response = reqwest::Client::new()
-        .post(stack.url("/connect"))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    let body: serde_json::Value = response.json().await.unwrap();
-    DriveKey::parse(body["drive_key"].as_str().unwrap()).unwrap()
 }
 
 fn changes_queue(stack: &TestStack) -> String {
@@ -90,28 +77,12 @@ fn new_file(stack: &TestStack, user: &SignedInUser, name: &str) -> String {
         .id
 }
 
-fn drives(stack: &TestStack) -> shared::store::DynamoStore {
-    shared::store::DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&stack.aws),
-        stack.running.process_env.get("TABLE_NAME").unwrap(),
-    )
-}
-
-fn walk_data(stack: &TestStack) -> DynamoWalkStore {
-    DynamoWalkStore::new(
-        aws_sdk_dynamodb::Client::new(&stack.aws),
-        stack.running.process_env.get("TABLE_NAME").unwrap(),
-        chrono::Duration::days(7),
-        shared::clock::system(),
-    )
-}
-
 #[tokio::test]
 async fn a_file_added_to_a_connected_drive_reaches_the_changes_queue_through_graph_notify_sqs_and_the_walker()
 {
     let stack = stack(true).await;
     let user = stack.sign_in_new_user();
-    let drive_key = connect(&stack, &user).await;
+    let drive_key = stack.connect(&user).await;
     let baseline = read_changes(&stack, Duration::from_secs(20), |e| !e.is_empty()).await;
     assert_eq!(baseline.len(), 1);
     assert_eq!(baseline[0].change, Change::BaselineComplete);
@@ -126,11 +97,12 @@ async fn a_file_added_to_a_connected_drive_reaches_the_changes_queue_through_gra
     assert_eq!(event.path.as_deref(), Some("/hello.txt"));
     assert_eq!(event.sequence, 2);
     assert_eq!(event.idempotency_key(), format!("{}:2", user.created.drive_id));
-    let state = drives(&stack).drive(&drive_key).await.unwrap().unwrap();
+    let state = stack.drive_store().drive(&drive_key).await.unwrap().unwrap();
     assert_eq!(state.state, DriveStatus::Active);
     assert_eq!(state.seq_high_water, 2);
     // The log holds what was sent.
-    let log = walk_data(&stack)
+    let log = stack
+        .walk_store()
         .log_after(
             Scope {
                 drive_key: &drive_key,
@@ -192,7 +164,7 @@ async fn a_poison_message_reaches_the_dead_letter_queue_at_once_and_leaves_the_q
 async fn a_user_whose_refresh_token_was_revoked_is_marked_needs_reauth_and_the_message_acknowledged() {
     let stack = stack(false).await;
     let user = stack.sign_in_new_user();
-    let drive_key = connect(&stack, &user).await;
+    let drive_key = stack.connect(&user).await;
     stack
         .sim
         .sim()
@@ -207,7 +179,7 @@ async fn a_user_whose_refresh_token_was_revoked_is_marked_needs_reauth_and_the_m
         .await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(outcome.needs_reauth, 1);
-    let state = drives(&stack).drive(&drive_key).await.unwrap().unwrap();
+    let state = stack.drive_store().drive(&drive_key).await.unwrap().unwrap();
     assert_eq!(state.state, DriveStatus::NeedsReauth);
 }
 
@@ -242,7 +214,7 @@ fn sqs_event(messages: &[aws_sdk_sqs::types::Message], receive_count: u32) -> Sq
 async fn every_message_replayed_three_times_and_every_notification_four_times_give_one_sequence_per_change() {
     let stack = stack(false).await;
     let user = stack.sign_in_new_user();
-    let drive_key = connect(&stack, &user).await;
+    let drive_key = stack.connect(&user).await;
     let handler = &stack.running.process_changes;
     let mut files = Vec::new();
     for round in 0..3 {
@@ -308,8 +280,9 @@ async fn every_message_replayed_three_times_and_every_notification_four_times_gi
     let mut got = created.clone();
     got.sort_unstable();
     assert_eq!(got, expected, "each change once");
-    let state = drives(&stack).drive(&drive_key).await.unwrap().unwrap();
-    let log = walk_data(&stack)
+    let state = stack.drive_store().drive(&drive_key).await.unwrap().unwrap();
+    let log = stack
+        .walk_store()
         .log_after(
             Scope {
                 drive_key: &drive_key,
@@ -330,8 +303,8 @@ async fn a_throttled_tenant_waits_for_its_retry_after_while_another_tenants_driv
     let slow = stack.sign_in_new_user();
     let fast = stack.sign_in_new_user();
     assert_ne!(slow.created.tenant_id, fast.created.tenant_id);
-    connect(&stack, &slow).await;
-    connect(&stack, &fast).await;
+    stack.connect(&slow).await;
+    stack.connect(&fast).await;
     // The slow tenant's drive is throttled for an hour before its baseline is walked.
     stack
         .sim

@@ -18,23 +18,8 @@ async fn connected_stack() -> (TestStack, SignedInUser, DriveKey) {
     })
     .await;
     let user = stack.sign_in_new_user();
-    let response = reqwest::Client::new()
-        .post(stack.url("/connect"))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
-    let drive_key = DriveKey::parse(body["drive_key"].as_str().unwrap()).unwrap();
+    let drive_key = stack.connect(&user).await;
     (stack, user, drive_key)
-}
-
-fn store(stack: &TestStack) -> shared::store::DynamoStore {
-    shared::store::DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&stack.aws),
-        stack.running.process_env.get("TABLE_NAME").unwrap(),
-    )
 }
 
 /// Polls `check` every 100 ms for up to 20 s.
@@ -52,7 +37,12 @@ async fn eventually<F: std::future::Future<Output = bool>>(mut check: impl FnMut
 #[tokio::test]
 async fn reauthorization_required_renews_the_subscription_by_patch_with_a_new_expiry() {
     let (stack, _user, drive_key) = connected_stack().await;
-    let before = store(&stack).subscription(&drive_key).await.unwrap().unwrap();
+    let before = stack
+        .drive_store()
+        .subscription(&drive_key)
+        .await
+        .unwrap()
+        .unwrap();
     // A day later, Graph asks for reauthorization.
     stack.clock.advance(chrono::Duration::days(1));
     stack
@@ -61,7 +51,8 @@ async fn reauthorization_required_renews_the_subscription_by_patch_with_a_new_ex
         .send_lifecycle(&before.subscription_id, LifecycleEvent::ReauthorizationRequired)
         .unwrap();
     let renewed = eventually(|| async {
-        store(&stack)
+        stack
+            .drive_store()
             .subscription(&drive_key)
             .await
             .unwrap()
@@ -69,7 +60,12 @@ async fn reauthorization_required_renews_the_subscription_by_patch_with_a_new_ex
     })
     .await;
     assert!(renewed, "the stored expiry moved on by the day that passed");
-    let after = store(&stack).subscription(&drive_key).await.unwrap().unwrap();
+    let after = stack
+        .drive_store()
+        .subscription(&drive_key)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         after.subscription_id, before.subscription_id,
         "renewed, not replaced"
@@ -89,11 +85,17 @@ async fn reauthorization_required_renews_the_subscription_by_patch_with_a_new_ex
 #[tokio::test]
 async fn subscription_removed_recreates_the_subscription_and_walks_so_a_change_meanwhile_is_not_lost() {
     let (stack, user, drive_key) = connected_stack().await;
-    let before = store(&stack).subscription(&drive_key).await.unwrap().unwrap();
+    let before = stack
+        .drive_store()
+        .subscription(&drive_key)
+        .await
+        .unwrap()
+        .unwrap();
     // Wait for the baseline, so the change below comes after it.
     assert!(
         eventually(|| async {
-            store(&stack)
+            stack
+                .drive_store()
                 .drive(&drive_key)
                 .await
                 .unwrap()
@@ -123,7 +125,8 @@ async fn subscription_removed_recreates_the_subscription_and_walks_so_a_change_m
         )
         .unwrap();
     let recreated = eventually(|| async {
-        store(&stack)
+        stack
+            .drive_store()
             .subscription(&drive_key)
             .await
             .unwrap()
@@ -131,11 +134,17 @@ async fn subscription_removed_recreates_the_subscription_and_walks_so_a_change_m
     })
     .await;
     assert!(recreated, "a new subscription is stored");
-    let after = store(&stack).subscription(&drive_key).await.unwrap().unwrap();
+    let after = stack
+        .drive_store()
+        .subscription(&drive_key)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(stack.sim.sim().subscription(&after.subscription_id).is_some());
     // The walk after recreating found the change made meanwhile.
     let walked = eventually(|| async {
-        store(&stack)
+        stack
+            .drive_store()
             .drive(&drive_key)
             .await
             .unwrap()
@@ -143,12 +152,7 @@ async fn subscription_removed_recreates_the_subscription_and_walks_so_a_change_m
     })
     .await;
     assert!(walked, "the change made while removed was walked");
-    let log = shared::walk_store::DynamoWalkStore::new(
-        aws_sdk_dynamodb::Client::new(&stack.aws),
-        stack.running.process_env.get("TABLE_NAME").unwrap(),
-        chrono::Duration::days(7),
-        shared::clock::system(),
-    );
+    let log = stack.walk_store();
     use shared::walk_store::WalkStore;
     let entries = log
         .log_after(

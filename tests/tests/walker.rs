@@ -45,20 +45,12 @@ async fn harness(page_size: usize) -> Harness {
     let drive_key = DriveKey::random();
     let drives = Arc::new(MemoryStore::new());
     drives
-        .put_drive(&DriveState {
+        .put_drive(&DriveState::first(
             drive_key,
-            tenant_id: user.tenant_id.clone(),
-            user_oid: user.user_id.clone(),
-            drive_id: user.drive_id.clone(),
-            generation: 1,
-            state: DriveStatus::BaselinePending,
-            delta_link: None,
-            seq_high_water: 0,
-            last_walk_completed_at: None,
-            last_walk_started_at: None,
-            checkpoint: None,
-            version: 1,
-        })
+            &user.tenant_id,
+            &user.user_id,
+            &user.drive_id,
+        ))
         .await
         .unwrap();
     Harness {

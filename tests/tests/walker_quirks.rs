@@ -17,7 +17,7 @@ use shared::config::GraphConfig;
 use shared::graph::GraphClient;
 use shared::ids::DriveKey;
 use shared::queue::MemoryQueue;
-use shared::store::{ConnectionStore, DriveState, DriveStatus, MemoryStore};
+use shared::store::{ConnectionStore, DriveState, MemoryStore};
 use shared::tokens::StaticToken;
 use shared::walk_store::{MemoryWalkStore, Scope, WalkStore};
 use shared::walker::{WalkLimits, WalkStats, Walker};
@@ -60,20 +60,12 @@ async fn run_rounds(business: bool, seed: u64) {
     let drive_key = DriveKey::random();
     let drives = Arc::new(MemoryStore::new());
     drives
-        .put_drive(&DriveState {
+        .put_drive(&DriveState::first(
             drive_key,
-            tenant_id: user.tenant_id.clone(),
-            user_oid: user.user_id.clone(),
-            drive_id: drive.clone(),
-            generation: 1,
-            state: DriveStatus::BaselinePending,
-            delta_link: None,
-            seq_high_water: 0,
-            last_walk_completed_at: None,
-            last_walk_started_at: None,
-            checkpoint: None,
-            version: 1,
-        })
+            &user.tenant_id,
+            &user.user_id,
+            &drive,
+        ))
         .await
         .unwrap();
     let data = Arc::new(MemoryWalkStore::new());

@@ -164,18 +164,14 @@ mod tests {
         let drive_key = DriveKey::parse(event.records[0].attributes["MessageGroupId"].as_str()).unwrap();
         drives
             .put_drive(&DriveState {
-                drive_key,
-                tenant_id: "7a1d2b8e-3f4c-4e5a-9b6c-1d2e3f4a5b6c".into(),
-                user_oid: "3c1e5b9a-7d2f-4e8a-b6c4-0f9e8d7c6b5a".into(),
-                drive_id: "sample-drive".into(),
-                generation: 1,
                 state: DriveStatus::Active,
                 delta_link: Some("http://127.0.0.1:9/delta?token=1".into()),
-                seq_high_water: 0,
-                last_walk_completed_at: None,
-                last_walk_started_at: None,
-                checkpoint: None,
-                version: 1,
+                ..DriveState::first(
+                    drive_key,
+                    "7a1d2b8e-3f4c-4e5a-9b6c-1d2e3f4a5b6c",
+                    "3c1e5b9a-7d2f-4e8a-b6c4-0f9e8d7c6b5a",
+                    "sample-drive",
+                )
             })
             .await
             .unwrap();
