@@ -104,6 +104,11 @@ pub struct Checkpoint {
     pub pages: u32,
     /// Staged chunks written so far (the next chunk's number).
     pub chunks: u32,
+    /// Which invocation staged which chunks: `(first chunk, attempt id)`, in order. A chunk's key
+    /// names its attempt, so a concurrent walker that lost the race for this checkpoint can never
+    /// have overwritten a chunk it names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<(u32, String)>,
     /// A baseline that restarted after a 410: index entries it did not write are dropped at its end.
     #[serde(default)]
     pub restarted: bool,
@@ -111,6 +116,19 @@ pub struct Checkpoint {
     /// how many. A replay from here only applies the index and commits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logged: Option<Logged>,
+}
+
+impl Checkpoint {
+    /// The staging key of `chunk`, by the attempt that wrote it.
+    pub fn chunk_key(&self, chunk: u32) -> Option<String> {
+        let (_, attempt) = self.attempts.iter().rev().find(|(from, _)| *from <= chunk)?;
+        Some(format!("{}#{chunk:08}#{attempt}", self.walk_id))
+    }
+
+    /// The staging keys of every chunk staged so far, in order.
+    pub fn chunk_keys(&self) -> Vec<String> {
+        (0..self.chunks).filter_map(|c| self.chunk_key(c)).collect()
+    }
 }
 
 /// A walk's events as logged: sequences `base + 1 ..= base + count`.

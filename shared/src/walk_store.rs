@@ -5,8 +5,10 @@
 //! - **Index** (`IDX#<drive key>#<generation>` / `<item id>`): written in batches of 25; an
 //!   entry remembers which walk wrote it, so a baseline that restarted can drop what it did not
 //!   see again.
-//! - **Staging** (`STAGE#<drive key>#<generation>` / `<walk id>#<chunk>`): a page's items, written
-//!   before the checkpoint moves past the page; purged by TTL.
+//! - **Staging** (`STAGE#<drive key>#<generation>` / `<walk id>#<chunk>#<attempt>`): a page's items,
+//!   written before the checkpoint moves past the page; purged by TTL. The attempt (one per
+//!   invocation) keeps a concurrent walker that loses the checkpoint race from overwriting a chunk
+//!   the winner's checkpoint names.
 //! - **Change log** (`LOG#<drive key>#<generation>` / `<sequence, 20 digits>`): each entry is
 //!   written once, conditionally; writing an identical entry again is a no-op, a different one is
 //!   [`StoreError::Conflict`]. Kept for the retention (TTL). One conditional PutItem per entry,
@@ -65,20 +67,19 @@ pub trait WalkStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Every index entry of the drive (a resync compares against all of them).
     fn index_all<'a>(&'a self, scope: Scope<'a>) -> BoxFuture<'a, Result<Vec<IndexEntry>, StoreError>>;
-    /// Stages one chunk of a walk's items.
+    /// Stages one chunk of a walk's items under `key` (see [`crate::store::Checkpoint::chunk_key`]).
     fn stage<'a>(
         &'a self,
         scope: Scope<'a>,
-        walk_id: &'a str,
-        chunk: u32,
+        key: &'a str,
         items: &'a [ItemState],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// A walk's staged chunks `0..chunks`, in order.
+    /// The chunks staged under `keys`, their items in the order of `keys`; a missing chunk is
+    /// [`StoreError::Corrupt`].
     fn staged<'a>(
         &'a self,
         scope: Scope<'a>,
-        walk_id: &'a str,
-        chunks: u32,
+        keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<ItemState>, StoreError>>;
     /// Appends entries; an entry already there with the same content is fine, a different one is
     /// [`StoreError::Conflict`].
@@ -120,7 +121,7 @@ type ScopeKey = (DriveKey, u64);
 #[derive(Debug, Default)]
 pub struct MemoryWalkStore {
     index: Mutex<HashMap<ScopeKey, HashMap<String, IndexEntry>>>,
-    staged: Mutex<HashMap<(ScopeKey, String, u32), Vec<ItemState>>>,
+    staged: Mutex<HashMap<(ScopeKey, String), Vec<ItemState>>>,
     log: Mutex<HashMap<ScopeKey, BTreeMap<u64, LogEntry>>>,
     published: Mutex<HashMap<DriveKey, u64>>,
     throttles: Mutex<HashMap<String, DateTime<Utc>>>,
@@ -194,28 +195,27 @@ impl WalkStore for MemoryWalkStore {
     fn stage<'a>(
         &'a self,
         scope: Scope<'a>,
-        walk_id: &'a str,
-        chunk: u32,
+        key: &'a str,
         items: &'a [ItemState],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        lock(&self.staged).insert((scope_key(scope), walk_id.to_owned(), chunk), items.to_vec());
+        lock(&self.staged).insert((scope_key(scope), key.to_owned()), items.to_vec());
         Box::pin(async { Ok(()) })
     }
 
     fn staged<'a>(
         &'a self,
         scope: Scope<'a>,
-        walk_id: &'a str,
-        chunks: u32,
+        keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<ItemState>, StoreError>> {
         let staged = lock(&self.staged);
         let mut all = Vec::new();
-        for chunk in 0..chunks {
-            match staged.get(&(scope_key(scope), walk_id.to_owned(), chunk)) {
+        for key in keys {
+            match staged.get(&(scope_key(scope), key.clone())) {
                 Some(items) => all.extend(items.iter().cloned()),
                 None => {
+                    let missing = key.clone();
                     return Box::pin(async move {
-                        Err(StoreError::Corrupt(format!("staged chunk {chunk} is missing")))
+                        Err(StoreError::Corrupt(format!("staged chunk {missing} is missing")))
                     });
                 }
             }
@@ -620,8 +620,7 @@ impl WalkStore for DynamoWalkStore {
     fn stage<'a>(
         &'a self,
         scope: Scope<'a>,
-        walk_id: &'a str,
-        chunk: u32,
+        key: &'a str,
         items: &'a [ItemState],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
@@ -631,7 +630,7 @@ impl WalkStore for DynamoWalkStore {
                 .put_item()
                 .table_name(&self.table)
                 .item("pk", s(stage_pk(scope)))
-                .item("sk", s(format!("{walk_id}#{chunk:08}")))
+                .item("sk", s(key))
                 .item("kind", s("staged"))
                 .item("items", s(body))
                 .item("ttl", self.ttl_in(STAGE_TTL))
@@ -645,39 +644,32 @@ impl WalkStore for DynamoWalkStore {
     fn staged<'a>(
         &'a self,
         scope: Scope<'a>,
-        walk_id: &'a str,
-        chunks: u32,
+        keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<ItemState>, StoreError>> {
         Box::pin(async move {
+            // One walk's chunks share a prefix (its id): one paged query, then the wanted ones.
+            let Some(prefix) = keys.first().and_then(|k| k.split('#').next()) else {
+                return Ok(Vec::new());
+            };
             let rows = self
-                .query_all(
-                    stage_pk(scope),
-                    Some(format!("{walk_id}#")),
-                    Some(chunks as usize),
-                )
+                .query_all(stage_pk(scope), Some(format!("{prefix}#")), None)
                 .await?;
-            let mut all = Vec::new();
-            let mut expected = 0u32;
+            let mut by_key: HashMap<String, String> = HashMap::new();
             for row in rows {
                 let sk = get_s(&row, "sk")?;
-                let Some(number) = sk.strip_prefix(&format!("{walk_id}#")) else {
-                    break;
-                };
-                if number != format!("{expected:08}") {
+                if !sk.starts_with(prefix) {
                     break;
                 }
-                let items: Vec<ItemState> = serde_json::from_str(get_s(&row, "items")?)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                all.extend(items);
-                expected += 1;
-                if expected == chunks {
-                    break;
-                }
+                by_key.insert(sk.to_owned(), get_s(&row, "items")?.to_owned());
             }
-            if expected != chunks {
-                return Err(StoreError::Corrupt(format!(
-                    "walk {walk_id}: {expected} of {chunks} staged chunks found"
-                )));
+            let mut all = Vec::new();
+            for key in keys {
+                let body = by_key
+                    .get(key)
+                    .ok_or_else(|| StoreError::Corrupt(format!("staged chunk {key} is missing")))?;
+                let items: Vec<ItemState> =
+                    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                all.extend(items);
             }
             Ok(all)
         })

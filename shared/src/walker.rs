@@ -167,6 +167,8 @@ impl Walker {
             .unwrap_or_else(|| self.new_checkpoint(&state));
         let mut seen_links: HashSet<String> = HashSet::new();
         let mut retried_auth = false;
+        // Names this invocation's staged chunks (see `Checkpoint::attempts`).
+        let attempt = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         while checkpoint.delta_link.is_none() && checkpoint.logged.is_none() {
             if Instant::now() + self.limits.reserve >= deadline {
                 if state.checkpoint.as_ref() != Some(&checkpoint) {
@@ -222,6 +224,7 @@ impl Walker {
                         delta_link: None,
                         pages: checkpoint.pages,
                         chunks: 0,
+                        attempts: Vec::new(),
                         restarted: checkpoint.mode == WalkMode::Baseline,
                         mode: if checkpoint.mode == WalkMode::Baseline {
                             WalkMode::Baseline
@@ -256,9 +259,13 @@ impl Walker {
                     .await?;
             } else {
                 for chunk in page.items.chunks(self.limits.chunk_items.max(1)) {
-                    self.data
-                        .stage(scope, &checkpoint.walk_id, checkpoint.chunks, chunk)
-                        .await?;
+                    if checkpoint.attempts.last().map(|(_, a)| a) != Some(&attempt) {
+                        checkpoint.attempts.push((checkpoint.chunks, attempt.clone()));
+                    }
+                    let key = checkpoint
+                        .chunk_key(checkpoint.chunks)
+                        .ok_or_else(|| WalkError::Fault("a staged chunk without an attempt".into()))?;
+                    self.data.stage(scope, &key, chunk).await?;
                     checkpoint.chunks += 1;
                 }
             }
@@ -288,6 +295,7 @@ impl Walker {
             delta_link: None,
             pages: 0,
             chunks: 0,
+            attempts: Vec::new(),
             restarted: false,
             logged: None,
         }
@@ -378,11 +386,7 @@ impl Walker {
         let staged = if checkpoint.mode == WalkMode::Baseline {
             Vec::new()
         } else {
-            last_occurrences(
-                self.data
-                    .staged(scope, &checkpoint.walk_id, checkpoint.chunks)
-                    .await?,
-            )
+            last_occurrences(self.data.staged(scope, &checkpoint.chunk_keys()).await?)
         };
         let index = if checkpoint.mode == WalkMode::Baseline {
             HashMap::new()

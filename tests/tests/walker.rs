@@ -299,22 +299,20 @@ impl WalkStore for CrashAfter {
     fn stage<'a>(
         &'a self,
         scope: Scope<'a>,
-        walk_id: &'a str,
-        chunk: u32,
+        key: &'a str,
         items: &'a [ItemState],
     ) -> BoxFuture<'a, Result<(), shared::store::StoreError>> {
         if self.stage_writes.fetch_add(1, Ordering::SeqCst) + 1 == self.crash_at {
             return Box::pin(async { Err(shared::store::StoreError::Call("simulated crash".into())) });
         }
-        self.inner.stage(scope, walk_id, chunk, items)
+        self.inner.stage(scope, key, items)
     }
     fn staged<'a>(
         &'a self,
         scope: Scope<'a>,
-        walk_id: &'a str,
-        chunks: u32,
+        keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<ItemState>, shared::store::StoreError>> {
-        self.inner.staged(scope, walk_id, chunks)
+        self.inner.staged(scope, keys)
     }
     fn log_append<'a>(
         &'a self,
@@ -582,4 +580,52 @@ async fn a_walk_that_runs_out_of_time_saves_its_checkpoint_and_the_next_one_fini
     assert!(h.state().await.checkpoint.is_none());
     h.walk().await.unwrap();
     assert_eq!(h.data.index_len(h.scope()), 11);
+}
+
+#[tokio::test]
+async fn a_walker_that_loses_the_checkpoint_race_cannot_overwrite_a_page_the_winner_staged() {
+    let h = harness(3).await;
+    h.walk().await.unwrap();
+    for i in 0..9 {
+        h.file(None, &format!("s{i}.txt"));
+    }
+    // A walk stops after two pages (as if its invocation ended), leaving its checkpoint.
+    let crashing = Arc::new(CrashAfter {
+        inner: h.data.clone(),
+        stage_writes: AtomicU32::new(0),
+        crash_at: 3,
+    });
+    let stopped = h
+        .walker_with(crashing)
+        .walk(&h.drive_key, far(), &mut WalkStats::default())
+        .await;
+    assert!(stopped.is_err());
+    let checkpoint = h.state().await.checkpoint.unwrap();
+    // Another walker stages the same chunk number under its own attempt, then loses the race.
+    let intruder = shared::store::Checkpoint {
+        attempts: vec![(0, "intruder".into())],
+        ..checkpoint.clone()
+    };
+    let bogus = vec![ItemState {
+        id: "bogus".into(),
+        parent_id: None,
+        name: Some("bogus".into()),
+        etag: None,
+        ctag: None,
+        size: None,
+        folder: false,
+        root: false,
+        deleted: false,
+        modified: None,
+    }];
+    for chunk in 0..checkpoint.chunks + 1 {
+        h.data
+            .stage(h.scope(), &intruder.chunk_key(chunk).unwrap(), &bogus)
+            .await
+            .unwrap();
+    }
+    h.walk().await.unwrap();
+    let events = h.events();
+    assert!(!events.iter().any(|e| e.item_id.as_deref() == Some("bogus")));
+    assert_eq!(events.iter().filter(|e| e.change == Change::Created).count(), 9);
 }
