@@ -208,7 +208,21 @@ impl Connector {
     /// to expire: its notifications land on a tombstoned drive and are dropped.
     pub async fn disconnect(&self, user: &UserKey, assertion: &SecretString) -> Result<(), ConnectError> {
         if let Some(record) = self.store.user(user).await? {
-            tombstone(self.store.as_ref(), &record.drive_key).await?;
+            if let Some(generation) = tombstone(self.store.as_ref(), &record.drive_key).await? {
+                // The processor deletes the old generation's index, staged pages and change log.
+                let mut purge = Envelope::new(
+                    Kind::Purge,
+                    record.drive_key,
+                    user.tenant.clone(),
+                    self.clock.now(),
+                );
+                purge.generation = Some(generation);
+                send_all(
+                    self.queue.as_ref(),
+                    &[OutgoingMessage::new(record.drive_key, purge.to_json())],
+                )
+                .await?;
+            }
             if let Some(sub) = self.store.subscription(&record.drive_key).await? {
                 match self.graph_token(user, assertion).await {
                     Some(token) => {

@@ -1,6 +1,7 @@
 //! The one message format of the notifications queue (SQS FIFO), for every producer.
 //!
-//! Producers: notify (kinds `notification` and `lifecycle`), connect (`baseline`), renew
+//! Producers: notify (kinds `notification` and `lifecycle`), connect (`baseline`, `catch-up`,
+//! and `purge` on disconnect), renew
 //! (`catch-up`, `safety-net`) and process-changes itself (`continuation`). The consumer is
 //! process-changes. Every message of one drive goes to the drive's message group (the drive
 //! key), so one drive has one walker at a time.
@@ -8,13 +9,14 @@
 //! ```json
 //! {
 //!   "v": 1,
-//!   "kind": "notification",            // notification | lifecycle | baseline | catch-up | continuation | safety-net
+//!   "kind": "notification",            // notification | lifecycle | baseline | catch-up | continuation | safety-net | purge
 //!   "drive_key": "q8Xr0Jw2m5dJ4Yl0Q2a9Ag",
 //!   "tenant_id": "11111111-2222-3333-4444-555555555555",
 //!   "received_at": "2026-11-22T10:00:00.123Z", // when notify received the POST (or the producer created it)
 //!   "notifications": 3,                // how many Graph notifications this message stands for
 //!   "subscriptions": [{"id": "…", "expires_at": "2026-12-20T10:00:00Z"}],
-//!   "lifecycle_event": "reauthorizationRequired"  // only on kind = lifecycle
+//!   "lifecycle_event": "reauthorizationRequired",  // only on kind = lifecycle
+//!   "generation": 3                    // only on kind = purge
 //! }
 //! ```
 //!
@@ -48,6 +50,9 @@ pub enum Kind {
     Continuation,
     /// The daily walk for a drive with no completed walk in 24 hours.
     SafetyNet,
+    /// The drive was disconnected: delete generation `generation`'s index, staged pages and
+    /// change log.
+    Purge,
 }
 
 /// A subscription a message stands for.
@@ -72,6 +77,9 @@ pub struct Envelope {
     pub subscriptions: Vec<SubscriptionRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle_event: Option<LifecycleEvent>,
+    /// Only on kind = purge: the connection generation whose data goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 /// Why a queue message could not be read.
@@ -95,6 +103,7 @@ impl Envelope {
             notifications: 0,
             subscriptions: Vec::new(),
             lifecycle_event: None,
+            generation: None,
         }
     }
 

@@ -14,6 +14,8 @@
 //!   and a message in the DLQ means a real fault (see the template's `maxReceiveCount`).
 //! - **Poison**: a message that can never succeed (not an envelope, an unknown version) is sent to
 //!   the dead-letter queue at once and acknowledged.
+//! - **Purge**: after a disconnect, the old generation's index, staged pages and change log are
+//!   deleted (only a generation before the drive's current one).
 //! - **Out of time**: the walker saves its checkpoint and a `continuation` message is queued on
 //!   the drive's group.
 
@@ -33,6 +35,7 @@ use crate::queue::{NotificationQueue, OutgoingMessage, QueueError, send_all};
 use crate::store::{DriveState, DriveStatus};
 use crate::telemetry::{Metrics, Unit};
 use crate::tokens::TokenError;
+use crate::walk_store::Scope;
 use crate::walker::{WalkError, WalkOutcome, WalkStats, Walker};
 
 /// The longest visibility timeout the processor sets (a message is retried at least this often).
@@ -221,6 +224,21 @@ impl Processor {
             }
             Err(e) => return self.failed(drive_key, &WalkError::from(e), receives),
         };
+        for (_, envelope) in group.iter().filter(|(_, e)| e.kind == Kind::Purge) {
+            // Only a generation before the current one: a reconnect's data is never touched.
+            if let Some(generation) = envelope.generation.filter(|g| *g < state.generation) {
+                let scope = Scope {
+                    drive_key,
+                    generation,
+                };
+                match self.walker.data.purge(scope).await {
+                    Ok(removed) => {
+                        tracing::info!(drive_key = %drive_key, generation, removed, "a disconnected generation's data was purged");
+                    }
+                    Err(e) => return self.failed(drive_key, &WalkError::from(e), receives),
+                }
+            }
+        }
         if state.state == DriveStatus::Disconnected {
             return DriveResult::Done;
         }
@@ -238,8 +256,8 @@ impl Processor {
                     }
                 }
                 Kind::Baseline | Kind::CatchUp => must_walk = true,
-                // Only a saved checkpoint needs continuing (counted above).
-                Kind::Continuation => {}
+                // Only a saved checkpoint needs continuing (counted above); purges are done.
+                Kind::Continuation | Kind::Purge => {}
                 Kind::Lifecycle => match envelope.lifecycle_event {
                     Some(LifecycleEvent::ReauthorizationRequired)
                     | Some(LifecycleEvent::SubscriptionRemoved) => {

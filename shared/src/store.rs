@@ -443,15 +443,18 @@ pub async fn begin_connection(
 }
 
 /// Leaves the tombstone: `disconnected`, the next generation (so a walk of the old one can no
-/// longer write), no deltaLink, the sequence high-water mark kept. Idempotent.
-pub async fn tombstone(store: &dyn ConnectionStore, drive_key: &DriveKey) -> Result<(), StoreError> {
+/// longer write), no deltaLink, the sequence high-water mark kept. Idempotent. Returns the
+/// generation whose data (index, staged pages, change log) is now to be purged, when this call
+/// did the disconnecting.
+pub async fn tombstone(store: &dyn ConnectionStore, drive_key: &DriveKey) -> Result<Option<u64>, StoreError> {
     for _ in 0..4 {
         let Some(current) = store.drive(drive_key).await? else {
-            return Ok(());
+            return Ok(None);
         };
         if current.state == DriveStatus::Disconnected {
-            return Ok(());
+            return Ok(None);
         }
+        let old_generation = current.generation;
         let next = DriveState {
             generation: current.generation + 1,
             state: DriveStatus::Disconnected,
@@ -461,7 +464,7 @@ pub async fn tombstone(store: &dyn ConnectionStore, drive_key: &DriveKey) -> Res
             ..current
         };
         match store.put_drive(&next).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Some(old_generation)),
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e),
         }

@@ -103,6 +103,8 @@ pub trait WalkStore: Send + Sync {
         drive_key: &'a DriveKey,
         sequence: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Deletes a generation's index, staged pages and change log (after a disconnect).
+    fn purge<'a>(&'a self, scope: Scope<'a>) -> BoxFuture<'a, Result<u64, StoreError>>;
     /// Until when the tenant is throttled, if it is.
     fn throttled_until<'a>(
         &'a self,
@@ -280,6 +282,17 @@ impl WalkStore for MemoryWalkStore {
         Box::pin(async { Ok(()) })
     }
 
+    fn purge<'a>(&'a self, scope: Scope<'a>) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let key = scope_key(scope);
+        let mut removed = lock(&self.index).remove(&key).map_or(0, |m| m.len() as u64);
+        removed += lock(&self.log).remove(&key).map_or(0, |l| l.len() as u64);
+        let mut staged = lock(&self.staged);
+        let before = staged.len();
+        staged.retain(|(k, _), _| *k != key);
+        removed += (before - staged.len()) as u64;
+        Box::pin(async move { Ok(removed) })
+    }
+
     fn throttled_until<'a>(
         &'a self,
         tenant: &'a str,
@@ -403,19 +416,25 @@ impl DynamoWalkStore {
         n((self.clock.now() + after).timestamp())
     }
 
-    /// BatchWriteItem in chunks of 25, retrying unprocessed items with a short backoff.
+    /// Puts items with BatchWriteItem (see [`Self::batch_write`]).
     async fn batch_put(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<(), StoreError> {
-        for chunk in items.chunks(25) {
-            let mut pending: Vec<WriteRequest> = chunk
-                .iter()
-                .map(|item| {
-                    PutRequest::builder()
-                        .set_item(Some(item.clone()))
-                        .build()
-                        .map(|put| WriteRequest::builder().put_request(put).build())
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .collect::<Result<_, _>>()?;
+        let requests = items
+            .into_iter()
+            .map(|item| {
+                PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map(|put| WriteRequest::builder().put_request(put).build())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.batch_write(requests).await
+    }
+
+    /// BatchWriteItem in chunks of 25, retrying unprocessed items with a short backoff.
+    async fn batch_write(&self, requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+        for chunk in requests.chunks(25) {
+            let mut pending: Vec<WriteRequest> = chunk.to_vec();
             for attempt in 0..8u32 {
                 if pending.is_empty() {
                     break;
@@ -438,7 +457,7 @@ impl DynamoWalkStore {
             }
             if !pending.is_empty() {
                 return Err(StoreError::Call(format!(
-                    "{} index writes stayed unprocessed after retries",
+                    "{} writes stayed unprocessed after retries",
                     pending.len()
                 )));
             }
@@ -774,6 +793,33 @@ impl WalkStore for DynamoWalkStore {
                 Err(e) if is_condition_failure(&e) => Ok(()),
                 Err(e) => Err(call_error(e)),
             }
+        })
+    }
+
+    fn purge<'a>(&'a self, scope: Scope<'a>) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut removed = 0;
+            for pk in [index_pk(scope), stage_pk(scope), log_pk(scope)] {
+                let keys: Vec<WriteRequest> = self
+                    .query_all(pk.clone(), None, None)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        let key = HashMap::from([
+                            ("pk".to_owned(), s(pk.clone())),
+                            ("sk".to_owned(), s(get_s(row, "sk")?)),
+                        ]);
+                        aws_sdk_dynamodb::types::DeleteRequest::builder()
+                            .set_key(Some(key))
+                            .build()
+                            .map(|d| WriteRequest::builder().delete_request(d).build())
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?;
+                removed += keys.len() as u64;
+                self.batch_write(keys).await?;
+            }
+            Ok(removed)
         })
     }
 

@@ -346,3 +346,47 @@ async fn a_throttled_tenant_waits_for_its_retry_after_while_another_tenants_driv
         .unwrap_or(0);
     assert_eq!(delta_calls, 1, "one throttled call, then none");
 }
+
+#[tokio::test]
+async fn a_disconnect_purges_the_old_generations_index_staging_and_change_log() {
+    let stack = stack(true).await;
+    let user = stack.sign_in_new_user();
+    let drive_key = stack.connect(&user).await;
+    let baseline = read_changes(&stack, Duration::from_secs(20), |e| !e.is_empty()).await;
+    assert_eq!(baseline.len(), 1, "{baseline:?}");
+    new_file(&stack, &user, "kept-until-disconnect.txt");
+    let events = read_changes(&stack, Duration::from_secs(20), |e| !e.is_empty()).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let old = Scope {
+        drive_key: &drive_key,
+        generation: 1,
+    };
+    let data = stack.walk_store();
+    assert!(!data.index_all(old).await.unwrap().is_empty());
+    assert_eq!(data.log_after(old, 0, 10).await.unwrap().len(), 2);
+    let response = reqwest::Client::new()
+        .delete(stack.url("/connect"))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline
+        && !(data.index_all(old).await.unwrap().is_empty()
+            && data.log_after(old, 0, 1).await.unwrap().is_empty())
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(data.index_all(old).await.unwrap().is_empty(), "the index is gone");
+    assert!(
+        data.log_after(old, 0, 10).await.unwrap().is_empty(),
+        "the change log is gone"
+    );
+    let state = stack.drive_store().drive(&drive_key).await.unwrap().unwrap();
+    assert_eq!(state.state, DriveStatus::Disconnected);
+    assert_eq!(
+        state.seq_high_water, 2,
+        "sequences are never reused after a reconnect"
+    );
+}

@@ -342,6 +342,9 @@ impl WalkStore for CrashAfter {
     ) -> BoxFuture<'a, Result<(), shared::store::StoreError>> {
         self.inner.set_published(drive_key, sequence)
     }
+    fn purge<'a>(&'a self, scope: Scope<'a>) -> BoxFuture<'a, Result<u64, shared::store::StoreError>> {
+        self.inner.purge(scope)
+    }
     fn throttled_until<'a>(
         &'a self,
         tenant: &'a str,
