@@ -24,6 +24,9 @@ use crate::config::GraphConfig;
 /// The `User-Agent` every Graph call carries.
 pub const USER_AGENT: &str = concat!("ISV|graphfeed|graphfeed/", env!("CARGO_PKG_VERSION"));
 
+/// The longest `Retry-After` graphfeed honours (an hour); longer values are read as this.
+pub const MAX_RETRY_AFTER_SECONDS: u64 = 3600;
+
 /// A Graph call that did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GraphError {
@@ -110,9 +113,10 @@ pub fn error_from_parts(
     request_id: Option<&str>,
     body: &[u8],
 ) -> GraphError {
+    // Bounded: a wild value must neither overflow a timestamp nor park a tenant for days.
     let retry_after = retry_after
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .map(|secs| Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECONDS)));
     let (code, message, inner_codes, body_request_id) = match serde_json::from_slice::<ErrorEnvelope>(body) {
         Ok(env) => {
             let mut codes = Vec::new();
@@ -445,6 +449,15 @@ mod tests {
         let err = error_from_parts(StatusCode::TOO_MANY_REQUESTS, Some("7"), None, body);
         assert!(err.is_retryable());
         assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_wild_retry_after_is_read_as_an_hour() {
+        let err = error_from_parts(StatusCode::SERVICE_UNAVAILABLE, Some("99999999999"), None, b"");
+        assert_eq!(
+            err.retry_after(),
+            Some(Duration::from_secs(MAX_RETRY_AFTER_SECONDS))
+        );
     }
 
     #[test]

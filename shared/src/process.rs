@@ -104,6 +104,8 @@ pub struct BatchOutcome {
     pub poison: u64,
     pub continuations: u64,
     pub needs_reauth: u64,
+    /// Lifecycle actions that failed for good (logged; the drive's walks go on).
+    pub lifecycle_faults: u64,
     pub stats: WalkStats,
     /// Seconds of Retry-After the batch's failures wait for.
     pub throttle_seconds: u64,
@@ -127,6 +129,7 @@ enum DriveResult {
 #[derive(Default)]
 struct DriveCounts {
     walks: u64,
+    lifecycle_faults: u64,
     coalesced: u64,
     continuations: u64,
     needs_reauth: u64,
@@ -183,6 +186,7 @@ impl Processor {
             outcome.coalesced += counts.coalesced;
             outcome.continuations += counts.continuations;
             outcome.needs_reauth += counts.needs_reauth;
+            outcome.lifecycle_faults += counts.lifecycle_faults;
             outcome.stats.pages += counts.stats.pages;
             outcome.stats.resyncs += counts.stats.resyncs;
             outcome.stats.events_published += counts.stats.events_published;
@@ -273,6 +277,9 @@ impl Processor {
                             match e {
                                 LifecycleError::NeedsReauth => {
                                     counts.needs_reauth += 1;
+                                    if let Err(e) = self.walker.mark_needs_reauth(state.clone()).await {
+                                        return self.failed(drive_key, &e, receives);
+                                    }
                                     return DriveResult::Done;
                                 }
                                 LifecycleError::Throttled(until) => {
@@ -281,8 +288,11 @@ impl Processor {
                                 LifecycleError::Transient(reason) => {
                                     return self.failed(drive_key, &WalkError::Transient(reason), receives);
                                 }
+                                // Retrying cannot help: say so, and let the drive's walks go on
+                                // (renew keeps the subscription alive on its schedule).
                                 LifecycleError::Fault(reason) => {
-                                    return self.failed(drive_key, &WalkError::Fault(reason), receives);
+                                    counts.lifecycle_faults += 1;
+                                    tracing::error!(drive_key = %drive_key, reason = %reason, "a lifecycle action failed for good");
                                 }
                             }
                         }
@@ -294,7 +304,23 @@ impl Processor {
                 },
             }
         }
-        if state.state == DriveStatus::NeedsReauth || !must_walk {
+        if state.state == DriveStatus::NeedsReauth {
+            // No Graph call until the user signs in again, but what needs none still happens: a
+            // walk past its last page is finished, and committed events are sent.
+            let finished = state
+                .checkpoint
+                .as_ref()
+                .is_some_and(|c| c.delta_link.is_some() || c.logged.is_some());
+            if !finished {
+                return match self.walker.drain(&state).await {
+                    Ok(sent) => {
+                        counts.stats.events_published += sent;
+                        DriveResult::Done
+                    }
+                    Err(e) => self.failed(drive_key, &e, receives),
+                };
+            }
+        } else if !must_walk {
             return DriveResult::Done;
         }
         counts.walks += 1;
@@ -363,6 +389,7 @@ impl Processor {
             ("NotificationsCoalesced", o.coalesced as f64, Unit::Count),
             ("Continuations", o.continuations as f64, Unit::Count),
             ("NeedsReauth", o.needs_reauth as f64, Unit::Count),
+            ("LifecycleFaults", o.lifecycle_faults as f64, Unit::Count),
             ("PoisonMessages", o.poison as f64, Unit::Count),
             ("WalkFailures", o.failures.len() as f64, Unit::Count),
             ("ThrottleSeconds", o.throttle_seconds as f64, Unit::Seconds),

@@ -202,9 +202,9 @@ pub struct Keeper {
     pub keys: std::sync::Arc<KeyStore>,
     pub clock: SharedClock,
     pub tokens: std::sync::Arc<dyn crate::tokens::AccessTokenSource>,
-    /// `None` when NOTIFICATION_URL / LIFECYCLE_NOTIFICATION_URL are not configured: a
-    /// subscription can then be renewed but not recreated.
-    pub urls: Option<NotificationUrls>,
+    /// Where Graph notifies (`NOTIFICATION_URL`, `LIFECYCLE_NOTIFICATION_URL`): a recreated
+    /// subscription needs them.
+    pub urls: NotificationUrls,
     pub renew_window: Duration,
 }
 
@@ -252,15 +252,11 @@ impl crate::process::LifecycleActions for Keeper {
                     .map_err(|e| LifecycleError::Fault(e.to_string()))?,
             );
             let token = self.tokens.token(&user).await?;
-            let urls = self.urls.clone().ok_or_else(|| {
-                LifecycleError::Fault(
-                    "NOTIFICATION_URL and LIFECYCLE_NOTIFICATION_URL are not configured".into(),
-                )
-            })?;
+            let urls = &self.urls;
             let outcome = async {
                 let resource = self.resource(&user, state).await?;
                 self.rules()
-                    .ensure(&user, state, true, &resource, &urls, &token)
+                    .ensure(&user, state, true, &resource, urls, &token)
                     .await
             }
             .await;

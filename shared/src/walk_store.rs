@@ -28,6 +28,12 @@ use crate::delta::ItemState;
 use crate::ids::DriveKey;
 use crate::store::{StoreError, call_error, is_condition_failure};
 
+/// Which sort keys of a partition a query reads.
+enum SortKeys {
+    After(String),
+    Prefix(String),
+}
+
 /// An index entry and the walk that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -469,7 +475,7 @@ impl DynamoWalkStore {
     async fn query_all(
         &self,
         pk: String,
-        after_sk: Option<String>,
+        after_sk: Option<SortKeys>,
         limit: Option<usize>,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let mut items = Vec::new();
@@ -482,9 +488,12 @@ impl DynamoWalkStore {
                 .consistent_read(true)
                 .expression_attribute_values(":pk", s(pk.clone()));
             request = match &after_sk {
-                Some(sk) => request
+                Some(SortKeys::After(sk)) => request
                     .key_condition_expression("pk = :pk AND sk > :after")
                     .expression_attribute_values(":after", s(sk.clone())),
+                Some(SortKeys::Prefix(prefix)) => request
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":prefix", s(prefix.clone())),
                 None => request.key_condition_expression("pk = :pk"),
             };
             if let Some(limit) = limit {
@@ -671,7 +680,11 @@ impl WalkStore for DynamoWalkStore {
                 return Ok(Vec::new());
             };
             let rows = self
-                .query_all(stage_pk(scope), Some(format!("{prefix}#")), None)
+                .query_all(
+                    stage_pk(scope),
+                    Some(SortKeys::Prefix(format!("{prefix}#"))),
+                    None,
+                )
                 .await?;
             let mut by_key: HashMap<String, String> = HashMap::new();
             for row in rows {
@@ -742,7 +755,7 @@ impl WalkStore for DynamoWalkStore {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<LogEntry>, StoreError>> {
         Box::pin(async move {
-            self.query_all(log_pk(scope), Some(log_sk(after)), Some(limit))
+            self.query_all(log_pk(scope), Some(SortKeys::After(log_sk(after))), Some(limit))
                 .await?
                 .iter()
                 .take(limit)
@@ -798,26 +811,43 @@ impl WalkStore for DynamoWalkStore {
 
     fn purge<'a>(&'a self, scope: Scope<'a>) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
+            // A page of keys at a time (pk and sk only), deleted before the next is read, so a
+            // large drive never sits in memory.
             let mut removed = 0;
             for pk in [index_pk(scope), stage_pk(scope), log_pk(scope)] {
-                let keys: Vec<WriteRequest> = self
-                    .query_all(pk.clone(), None, None)
-                    .await?
-                    .iter()
-                    .map(|row| {
-                        let key = HashMap::from([
-                            ("pk".to_owned(), s(pk.clone())),
-                            ("sk".to_owned(), s(get_s(row, "sk")?)),
-                        ]);
-                        aws_sdk_dynamodb::types::DeleteRequest::builder()
-                            .set_key(Some(key))
-                            .build()
-                            .map(|d| WriteRequest::builder().delete_request(d).build())
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))
-                    })
-                    .collect::<Result<_, _>>()?;
-                removed += keys.len() as u64;
-                self.batch_write(keys).await?;
+                let mut start: Option<HashMap<String, AttributeValue>> = None;
+                loop {
+                    self.count_read();
+                    let out = self
+                        .client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk")
+                        .expression_attribute_values(":pk", s(pk.clone()))
+                        .projection_expression("pk, sk")
+                        .set_exclusive_start_key(start.take())
+                        .send()
+                        .await
+                        .map_err(call_error)?;
+                    let deletes: Vec<WriteRequest> = out
+                        .items
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|key| {
+                            aws_sdk_dynamodb::types::DeleteRequest::builder()
+                                .set_key(Some(key))
+                                .build()
+                                .map(|d| WriteRequest::builder().delete_request(d).build())
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))
+                        })
+                        .collect::<Result<_, _>>()?;
+                    removed += deletes.len() as u64;
+                    self.batch_write(deletes).await?;
+                    match out.last_evaluated_key {
+                        Some(key) => start = Some(key),
+                        None => break,
+                    }
+                }
             }
             Ok(removed)
         })

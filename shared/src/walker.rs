@@ -40,7 +40,8 @@ use crate::walk_store::{LogEntry, Scope, WalkStore};
 pub struct WalkLimits {
     /// Pages one walk may take before it is judged endless (delta paging bugs, §5.3).
     pub max_pages: u32,
-    /// Time kept in hand before the invocation's deadline: no page is started inside it.
+    /// Time kept in hand before the invocation's deadline: no page is started inside it. It covers
+    /// one Graph call (20 s timeout) and the walk's finish.
     pub reserve: Duration,
     /// Items per staged chunk (a DynamoDB item holds at most 400 KB).
     pub chunk_items: usize,
@@ -52,7 +53,7 @@ impl Default for WalkLimits {
     fn default() -> Self {
         Self {
             max_pages: 20_000,
-            reserve: Duration::from_secs(15),
+            reserve: Duration::from_secs(25),
             chunk_items: 200,
             page_retries: 2,
         }
@@ -134,16 +135,25 @@ impl Walker {
         let Some(mut state) = self.drives.drive(drive_key).await? else {
             return Ok(WalkOutcome::Skipped);
         };
-        match state.state {
-            DriveStatus::Disconnected => return Ok(WalkOutcome::Skipped),
-            DriveStatus::NeedsReauth => return Ok(WalkOutcome::NeedsReauth),
-            _ => {}
+        if state.state == DriveStatus::Disconnected {
+            return Ok(WalkOutcome::Skipped);
+        }
+        // What is committed but unsent goes first, whatever the drive's status: the log expires.
+        stats.events_published += self.drain(&state).await?;
+        // A walk past its last page needs no Graph call to finish: finish it even when the
+        // tenant is throttled or the user must sign in again.
+        if let Some(checkpoint) = state.checkpoint.clone()
+            && (checkpoint.delta_link.is_some() || checkpoint.logged.is_some())
+        {
+            return self.finish(state, checkpoint, stats).await;
+        }
+        if state.state == DriveStatus::NeedsReauth {
+            return Ok(WalkOutcome::NeedsReauth);
         }
         let scope = Scope {
             drive_key,
             generation: state.generation,
         };
-        stats.events_published += self.drain(&state).await?;
         let now = self.clock.now();
         if let Some(until) = self.data.throttled_until(&state.tenant_id).await?
             && until > now
@@ -167,6 +177,8 @@ impl Walker {
             .unwrap_or_else(|| self.new_checkpoint(&state));
         let mut seen_links: HashSet<String> = HashSet::new();
         let mut retried_auth = false;
+        // 410s in a row without a page read: a second one backs off instead of looping.
+        let mut resyncs_in_a_row = 0u32;
         // Names this invocation's staged chunks (see `Checkpoint::attempts`).
         let attempt = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         while checkpoint.delta_link.is_none() && checkpoint.logged.is_none() {
@@ -195,7 +207,7 @@ impl Walker {
                     "delta returned a nextLink it had already returned; the walk was abandoned".into(),
                 ));
             }
-            let page = match self.page(&token, &link).await {
+            let page = match self.page(&token, &link, deadline).await {
                 Ok(page) => page,
                 Err(PageFailure::Unauthorized) if !retried_auth => {
                     retried_auth = true;
@@ -215,7 +227,14 @@ impl Walker {
                     self.mark_needs_reauth(state).await?;
                     return Ok(WalkOutcome::NeedsReauth);
                 }
+                Err(PageFailure::Resync(_)) if resyncs_in_a_row >= 1 => {
+                    if state.checkpoint.as_ref() != Some(&checkpoint) {
+                        self.save(state, Some(checkpoint)).await?;
+                    }
+                    return Err(WalkError::Backoff { status: 410 });
+                }
                 Err(PageFailure::Resync(location)) => {
+                    resyncs_in_a_row += 1;
                     stats.resyncs += 1;
                     tracing::info!(drive_key = %drive_key, "delta answered 410: resyncing with a full enumeration");
                     checkpoint = Checkpoint {
@@ -243,15 +262,17 @@ impl Walker {
                     continue;
                 }
                 Err(PageFailure::Error(e)) => {
-                    if state.checkpoint.as_ref() != Some(&checkpoint) {
-                        self.save(state, Some(checkpoint)).await?;
-                    }
+                    // The tenant's throttle first: every other walker of the tenant must see it.
                     if let WalkError::Throttled { until } = e {
                         self.data.throttle(&user.tenant.to_string(), until).await?;
+                    }
+                    if state.checkpoint.as_ref() != Some(&checkpoint) {
+                        self.save(state, Some(checkpoint)).await?;
                     }
                     return Err(e);
                 }
             };
+            resyncs_in_a_row = 0;
             stats.pages += 1;
             if checkpoint.mode == WalkMode::Baseline {
                 self.data
@@ -302,7 +323,12 @@ impl Walker {
     }
 
     /// GETs one page, retrying network errors and 5xx without Retry-After a few times.
-    async fn page(&self, token: &SecretString, link: &str) -> Result<crate::delta::DeltaPage, PageFailure> {
+    async fn page(
+        &self,
+        token: &SecretString,
+        link: &str,
+        deadline: Instant,
+    ) -> Result<crate::delta::DeltaPage, PageFailure> {
         let mut attempt = 0;
         loop {
             let error = match self.graph.delta_page(token, link).await {
@@ -328,7 +354,9 @@ impl Walker {
                     },
                 }));
             }
-            if error.is_retryable() && attempt < self.limits.page_retries {
+            // A retry only when a whole Graph call (20 s timeout) still fits before the reserve.
+            let time_left = Instant::now() + self.limits.reserve + Duration::from_secs(20) < deadline;
+            if error.is_retryable() && attempt < self.limits.page_retries && time_left {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(200 * (1 << attempt))).await;
                 continue;
@@ -348,7 +376,24 @@ impl Walker {
     }
 
     /// Drops a walk that cannot finish; the next trigger starts over from the committed deltaLink.
+    /// An abandoned baseline may have written index entries: the next baseline starts as a
+    /// restart, so at its end it drops what it did not see again.
     async fn abandon(&self, state: DriveState) -> Result<(), WalkError> {
+        let restart = state
+            .checkpoint
+            .as_ref()
+            .filter(|c| c.mode == WalkMode::Baseline)
+            .map(|c| Checkpoint {
+                walk_id: uuid::Uuid::new_v4().simple().to_string(),
+                next_link: None,
+                delta_link: None,
+                pages: 0,
+                chunks: 0,
+                attempts: Vec::new(),
+                restarted: true,
+                logged: None,
+                ..c.clone()
+            });
         let status = if state.delta_link.is_some() {
             DriveStatus::Active
         } else {
@@ -358,15 +403,21 @@ impl Walker {
             state: status,
             ..state
         };
-        self.save(next, None).await.map(|_| ())
+        self.save(next, restart).await.map(|_| ())
     }
 
-    async fn mark_needs_reauth(&self, state: DriveState) -> Result<(), WalkError> {
+    /// Marks the drive `needs_reauth`. A walk still paging is dropped (its staged pages would
+    /// expire while the user is away; the next walk starts from the committed deltaLink); a walk
+    /// past its last page is kept, and finished without Graph.
+    pub async fn mark_needs_reauth(&self, state: DriveState) -> Result<(), WalkError> {
+        let checkpoint = state
+            .checkpoint
+            .clone()
+            .filter(|c| c.delta_link.is_some() || c.logged.is_some());
         let next = DriveState {
             state: DriveStatus::NeedsReauth,
             ..state
         };
-        let checkpoint = next.checkpoint.clone();
         self.save(next, checkpoint).await.map(|_| ())
     }
 
@@ -386,7 +437,13 @@ impl Walker {
         let staged = if checkpoint.mode == WalkMode::Baseline {
             Vec::new()
         } else {
-            last_occurrences(self.data.staged(scope, &checkpoint.chunk_keys()).await?)
+            match self.data.staged(scope, &checkpoint.chunk_keys()).await {
+                Ok(items) => last_occurrences(items),
+                Err(StoreError::Corrupt(reason)) => {
+                    return self.recover_lost_pages(state, checkpoint, &reason).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         let index = if checkpoint.mode == WalkMode::Baseline {
             HashMap::new()
@@ -446,6 +503,52 @@ impl Walker {
             pages: checkpoint.pages,
             events: logged.count,
         })
+    }
+
+    /// Staged pages are gone (expired while the walk waited). Before the log was written, the walk
+    /// is dropped and the next one starts again from the committed deltaLink. After it, the logged
+    /// events stand (they are committed), and the index, which missed them, is rebuilt by a resync.
+    async fn recover_lost_pages(
+        &self,
+        state: DriveState,
+        checkpoint: Checkpoint,
+        reason: &str,
+    ) -> Result<WalkOutcome, WalkError> {
+        tracing::error!(drive_key = %state.drive_key, reason = %reason, "a walk's staged pages are gone");
+        let Some(logged) = checkpoint.logged else {
+            let next = DriveState {
+                checkpoint: None,
+                version: state.version + 1,
+                ..state
+            };
+            self.drives.put_drive(&next).await?;
+            return Err(WalkError::Transient(
+                "staged pages expired; the walk starts over".into(),
+            ));
+        };
+        let resync = Checkpoint {
+            walk_id: uuid::Uuid::new_v4().simple().to_string(),
+            started_at: self.clock.now(),
+            mode: WalkMode::Resync,
+            next_link: None,
+            delta_link: None,
+            pages: 0,
+            chunks: 0,
+            attempts: Vec::new(),
+            restarted: false,
+            logged: None,
+        };
+        let next = DriveState {
+            seq_high_water: logged.base + logged.count,
+            state: DriveStatus::Resyncing,
+            checkpoint: Some(resync),
+            version: state.version + 1,
+            ..state
+        };
+        self.drives.put_drive(&next).await?;
+        Err(WalkError::Transient(
+            "staged pages expired after logging; resyncing the index".into(),
+        ))
     }
 
     /// The index entries a derivation needs: the staged items' and all their ancestors' (for a
@@ -514,8 +617,34 @@ impl Walker {
         let mut published = self.data.published(&state.drive_key).await?;
         let mut sent = 0;
         loop {
-            let entries = self.data.log_after(scope, published, 100).await?;
+            if published >= state.seq_high_water {
+                return Ok(sent);
+            }
+            // Only what a commit covers, and only without a gap: entries above the high-water
+            // mark belong to a walk that has not committed (it may never).
+            let entries: Vec<LogEntry> = self
+                .data
+                .log_after(scope, published, 100)
+                .await?
+                .into_iter()
+                .take_while(|e| e.sequence <= state.seq_high_water)
+                .zip(published + 1..)
+                .take_while(|(e, expected)| e.sequence == *expected)
+                .map(|(e, _)| e)
+                .collect();
             let Some(last) = entries.last().map(|e| e.sequence) else {
+                // Committed entries that expired before they could be sent (the changes queue
+                // refused them for longer than the log's retention). Say so loudly and move on:
+                // waiting cannot bring them back, and the drive must not stop.
+                tracing::error!(
+                    drive_key = %state.drive_key,
+                    from = published + 1,
+                    to = state.seq_high_water,
+                    "change-log entries expired before they were sent; consumers will see a sequence gap"
+                );
+                self.data
+                    .set_published(&state.drive_key, state.seq_high_water)
+                    .await?;
                 return Ok(sent);
             };
             let messages: Vec<OutgoingMessage> = entries

@@ -580,7 +580,9 @@ async fn a_walk_that_runs_out_of_time_saves_its_checkpoint_and_the_next_one_fini
     // A walker whose page budget is exhausted abandons the walk instead of looping.
     let endless = walker.walk(&h.drive_key, far(), &mut WalkStats::default()).await;
     assert!(matches!(endless, Err(WalkError::Fault(_))), "{endless:?}");
-    assert!(h.state().await.checkpoint.is_none());
+    // The abandoned baseline starts over; as a restart, its end drops index entries it did not see.
+    let restart = h.state().await.checkpoint.unwrap();
+    assert_eq!((restart.pages, restart.chunks, restart.restarted), (0, 0, true));
     h.walk().await.unwrap();
     assert_eq!(h.data.index_len(h.scope()), 11);
 }
@@ -631,4 +633,59 @@ async fn a_walker_that_loses_the_checkpoint_race_cannot_overwrite_a_page_the_win
     let events = h.events();
     assert!(!events.iter().any(|e| e.item_id.as_deref() == Some("bogus")));
     assert_eq!(events.iter().filter(|e| e.change == Change::Created).count(), 9);
+}
+
+#[tokio::test]
+async fn log_entries_above_the_committed_high_water_mark_are_never_sent() {
+    let h = harness(10).await;
+    h.walk().await.unwrap();
+    let state = h.state().await;
+    // An entry a walk wrote but never committed (it may still be retried, or lose a race).
+    h.data
+        .log_append(
+            h.scope(),
+            &[LogEntry {
+                sequence: state.seq_high_water + 1,
+                walk_id: "uncommitted".into(),
+                event: r#"{"v":1,"driveId":"d","sequence":2,"change":"created"}"#.into(),
+            }],
+        )
+        .await
+        .unwrap();
+    let sent = h.walker().drain(&state).await.unwrap();
+    assert_eq!(sent, 0);
+    assert_eq!(h.events().len(), 1, "only the committed baseline marker");
+}
+
+#[tokio::test]
+async fn a_second_410_in_a_row_backs_off_instead_of_looping() {
+    let h = harness(10).await;
+    h.walk().await.unwrap();
+    h.file(None, "x.txt");
+    h.sim.sim().add_fault(graph_sim::Fault {
+        path_prefix: "/v1.0/drives".into(),
+        method: Some("GET".into()),
+        status: 410,
+        count: 2,
+        retry_after: None,
+        body: Some(serde_json::json!({"error": {"code": "resyncRequired", "message": "Resync required."}})),
+    });
+    let result = h.walk().await;
+    assert!(
+        matches!(result, Err(WalkError::Backoff { status: 410 })),
+        "{result:?}"
+    );
+    // Once Graph serves pages again, the resync completes.
+    let outcome = h.walk().await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            WalkOutcome::Completed {
+                mode: WalkMode::Resync,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(h.events().iter().any(|e| e.name.as_deref() == Some("x.txt")));
 }

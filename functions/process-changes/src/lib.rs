@@ -86,12 +86,9 @@ pub async fn wire(
     )?;
     let graph = GraphClient::new(&GraphConfig::from_env(env)?)?;
     let keys = KeyStore::from_config(&ClientStateKeys::from_env(env)?, aws, clock.clone()).await?;
-    let urls = match (env.get(NOTIFICATION_URL), env.get(LIFECYCLE_NOTIFICATION_URL)) {
-        (Some(n), Some(l)) => Some(NotificationUrls {
-            notification: n.to_owned(),
-            lifecycle: l.to_owned(),
-        }),
-        _ => None,
+    let urls = NotificationUrls {
+        notification: env.required(NOTIFICATION_URL)?.to_owned(),
+        lifecycle: env.required(LIFECYCLE_NOTIFICATION_URL)?.to_owned(),
     };
     let sqs = aws_sdk_sqs::Client::new(aws);
     let dynamodb = aws_sdk_dynamodb::Client::new(aws);
