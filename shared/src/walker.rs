@@ -279,7 +279,7 @@ impl Walker {
                     .index_put(scope, &page.items, Some(&checkpoint.walk_id))
                     .await?;
             } else {
-                for chunk in page.items.chunks(self.limits.chunk_items.max(1)) {
+                for chunk in chunks(&page.items, self.limits.chunk_items, MAX_CHUNK_BYTES) {
                     if checkpoint.attempts.last().map(|(_, a)| a) != Some(&attempt) {
                         checkpoint.attempts.push((checkpoint.chunks, attempt.clone()));
                     }
@@ -665,6 +665,31 @@ impl Walker {
     }
 }
 
+/// The most JSON bytes one staged chunk holds: well under DynamoDB's 400 KB item limit, whatever
+/// the names (a page of 200 items with 400-character non-ASCII names would not fit in one).
+const MAX_CHUNK_BYTES: usize = 300 * 1024;
+
+/// Splits a page into chunks of at most `max_items` items and about `max_bytes` of JSON each
+/// (a single item larger than that still gets a chunk of its own).
+fn chunks(items: &[ItemState], max_items: usize, max_bytes: usize) -> Vec<&[ItemState]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, item) in items.iter().enumerate() {
+        let size = serde_json::to_vec(item).map_or(0, |v| v.len()) + 1;
+        if i > start && (i - start >= max_items.max(1) || bytes + size > max_bytes) {
+            out.extend(items.get(start..i));
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < items.len() {
+        out.extend(items.get(start..));
+    }
+    out
+}
+
 fn user_of(state: &DriveState) -> Result<UserKey, WalkError> {
     let tenant = TenantId::parse(&state.tenant_id).map_err(|e| WalkError::Fault(e.to_string()))?;
     let object = ObjectId::parse(&state.user_oid).map_err(|e| WalkError::Fault(e.to_string()))?;
@@ -677,5 +702,44 @@ fn classify_graph(error: &GraphError) -> WalkError {
         WalkError::Transient(error.to_string())
     } else {
         WalkError::Fault(error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(name_len: usize) -> ItemState {
+        ItemState {
+            id: "i".into(),
+            parent_id: None,
+            name: Some("é".repeat(name_len)),
+            etag: None,
+            ctag: None,
+            size: None,
+            folder: false,
+            root: false,
+            deleted: false,
+            modified: None,
+        }
+    }
+
+    #[test]
+    fn a_page_is_staged_in_chunks_bounded_by_count_and_by_bytes() {
+        let small: Vec<ItemState> = (0..450).map(|_| item(10)).collect();
+        let sizes: Vec<usize> = chunks(&small, 200, MAX_CHUNK_BYTES)
+            .iter()
+            .map(|c| c.len())
+            .collect();
+        assert_eq!(sizes, [200, 200, 50]);
+        // 200 items with 400-character two-byte names: about 160 KB of JSON in all; each chunk stays under the bound.
+        let long: Vec<ItemState> = (0..200).map(|_| item(400)).collect();
+        let parts = chunks(&long, 200, 100 * 1024);
+        assert!(parts.len() > 1);
+        assert_eq!(parts.iter().map(|c| c.len()).sum::<usize>(), 200);
+        for part in parts {
+            assert!(serde_json::to_vec(part).unwrap().len() <= 100 * 1024 + 1000);
+        }
+        assert!(chunks(&[], 200, MAX_CHUNK_BYTES).is_empty());
     }
 }
