@@ -422,6 +422,26 @@ impl DynamoWalkStore {
         n((self.clock.now() + after).timestamp())
     }
 
+    /// One item by key, read consistently.
+    async fn get_one(
+        &self,
+        pk: String,
+        sk: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        self.count_read();
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(call_error)?;
+        Ok(out.item)
+    }
+
     /// Puts items with BatchWriteItem (see [`Self::batch_write`]).
     async fn batch_put(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<(), StoreError> {
         let requests = items
@@ -541,6 +561,18 @@ impl DynamoWalkStore {
             walk_id: get_s(item, "walk_id")?.to_owned(),
             event: get_s(item, "event")?.to_owned(),
         })
+    }
+}
+
+/// A forward-only write (a cursor, a throttle) that found the stored value already at or past its
+/// own did nothing, and that is success.
+fn forward_only<T, E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static>(
+    result: Result<T, aws_sdk_dynamodb::error::SdkError<E>>,
+) -> Result<(), StoreError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_condition_failure(&e) => Ok(()),
+        Err(e) => Err(call_error(e)),
     }
 }
 
@@ -766,18 +798,9 @@ impl WalkStore for DynamoWalkStore {
 
     fn published<'a>(&'a self, drive_key: &'a DriveKey) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
-            self.count_read();
-            let out = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .key("pk", s(format!("DRIVE#{drive_key}")))
-                .key("sk", s("PUBLISHED"))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(call_error)?;
-            out.item.map_or(Ok(0), |item| get_n(&item, "seq"))
+            self.get_one(format!("DRIVE#{drive_key}"), "PUBLISHED")
+                .await?
+                .map_or(Ok(0), |item| get_n(&item, "seq"))
         })
     }
 
@@ -800,12 +823,7 @@ impl WalkStore for DynamoWalkStore {
                 .expression_attribute_values(":kind", s("published"))
                 .send()
                 .await;
-            match update {
-                Ok(_) => Ok(()),
-                // Already at or past it: forward-only, nothing to do.
-                Err(e) if is_condition_failure(&e) => Ok(()),
-                Err(e) => Err(call_error(e)),
-            }
+            forward_only(update)
         })
     }
 
@@ -858,24 +876,13 @@ impl WalkStore for DynamoWalkStore {
         tenant: &'a str,
     ) -> BoxFuture<'a, Result<Option<DateTime<Utc>>, StoreError>> {
         Box::pin(async move {
-            self.count_read();
-            let out = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .key("pk", s(format!("TENANT#{tenant}")))
-                .key("sk", s("THROTTLE"))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(call_error)?;
-            out.item
-                .map(|item| {
-                    get_s(&item, "until")?
-                        .parse::<DateTime<Utc>>()
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .transpose()
+            let item = self.get_one(format!("TENANT#{tenant}"), "THROTTLE").await?;
+            item.map(|item| {
+                get_s(&item, "until")?
+                    .parse::<DateTime<Utc>>()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .transpose()
         })
     }
 
@@ -903,11 +910,7 @@ impl WalkStore for DynamoWalkStore {
                 .expression_attribute_values(":ttl", n((until + chrono::Duration::days(1)).timestamp()))
                 .send()
                 .await;
-            match update {
-                Ok(_) => Ok(()),
-                Err(e) if is_condition_failure(&e) => Ok(()),
-                Err(e) => Err(call_error(e)),
-            }
+            forward_only(update)
         })
     }
 }

@@ -516,12 +516,7 @@ impl Walker {
     ) -> Result<WalkOutcome, WalkError> {
         tracing::error!(drive_key = %state.drive_key, reason = %reason, "a walk's staged pages are gone");
         let Some(logged) = checkpoint.logged else {
-            let next = DriveState {
-                checkpoint: None,
-                version: state.version + 1,
-                ..state
-            };
-            self.drives.put_drive(&next).await?;
+            self.save(state, None).await?;
             return Err(WalkError::Transient(
                 "staged pages expired; the walk starts over".into(),
             ));
@@ -541,11 +536,9 @@ impl Walker {
         let next = DriveState {
             seq_high_water: logged.base + logged.count,
             state: DriveStatus::Resyncing,
-            checkpoint: Some(resync),
-            version: state.version + 1,
             ..state
         };
-        self.drives.put_drive(&next).await?;
+        self.save(next, Some(resync)).await?;
         Err(WalkError::Transient(
             "staged pages expired after logging; resyncing the index".into(),
         ))
