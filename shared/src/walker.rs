@@ -493,7 +493,12 @@ impl Walker {
             seq_high_water: logged.base + logged.count,
             last_walk_started_at: Some(checkpoint.started_at),
             last_walk_completed_at: Some(self.clock.now()),
-            state: DriveStatus::Active,
+            // A walk finished without Graph for a user who must sign in again leaves them so.
+            state: if state.state == DriveStatus::NeedsReauth {
+                DriveStatus::NeedsReauth
+            } else {
+                DriveStatus::Active
+            },
             ..state
         };
         let committed = self.save(committed, None).await?;

@@ -56,6 +56,8 @@ impl BatchControl for RecordingControl {
 struct FakeLifecycle {
     renewed: Mutex<Vec<DriveKey>>,
     panic_for: Mutex<Option<DriveKey>>,
+    /// Answer every renewal with this failure: `fault` or `reauth`.
+    fail_with: Mutex<Option<&'static str>>,
 }
 
 impl LifecycleActions for FakeLifecycle {
@@ -63,6 +65,11 @@ impl LifecycleActions for FakeLifecycle {
         Box::pin(async move {
             if *self.panic_for.lock().unwrap() == Some(state.drive_key) {
                 panic!("a bug in one drive's handling");
+            }
+            match *self.fail_with.lock().unwrap() {
+                Some("fault") => return Err(LifecycleError::Fault("Graph refused for good".into())),
+                Some(_) => return Err(LifecycleError::NeedsReauth),
+                None => {}
             }
             self.renewed.lock().unwrap().push(state.drive_key);
             Ok(())
@@ -429,4 +436,106 @@ async fn messages_for_a_disconnected_drive_are_acknowledged_without_a_graph_call
     assert!(outcome.failures.is_empty());
     assert_eq!(outcome.walks, 0);
     assert_eq!(h.delta_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_lifecycle_action_that_fails_for_good_does_not_hold_back_the_drives_walk() {
+    let mut h = harness().await;
+    let drive = h.drive().await;
+    h.processor
+        .process(vec![h.message(&drive, Kind::Baseline, None)], far())
+        .await;
+    h.file(&drive, "after-baseline.txt");
+    *h.lifecycle.fail_with.lock().unwrap() = Some("fault");
+    let batch = vec![
+        h.message(
+            &drive,
+            Kind::Lifecycle,
+            Some(LifecycleEvent::ReauthorizationRequired),
+        ),
+        h.message(&drive, Kind::Notification, None),
+    ];
+    let outcome = h.processor.process(batch, far()).await;
+    assert!(outcome.failures.is_empty(), "{outcome:?}");
+    assert_eq!((outcome.lifecycle_faults, outcome.walks), (1, 1));
+    assert!(
+        h.events()
+            .iter()
+            .any(|e| e.name.as_deref() == Some("after-baseline.txt"))
+    );
+}
+
+#[tokio::test]
+async fn a_renewal_that_needs_the_user_marks_the_drive_needs_reauth() {
+    let mut h = harness().await;
+    let drive = h.drive().await;
+    *h.lifecycle.fail_with.lock().unwrap() = Some("reauth");
+    let outcome = h
+        .processor
+        .process(
+            vec![h.message(
+                &drive,
+                Kind::Lifecycle,
+                Some(LifecycleEvent::ReauthorizationRequired),
+            )],
+            far(),
+        )
+        .await;
+    assert!(outcome.failures.is_empty());
+    assert_eq!(outcome.needs_reauth, 1);
+    let state = h.drives.drive(&drive.key).await.unwrap().unwrap();
+    assert_eq!(state.state, DriveStatus::NeedsReauth);
+}
+
+#[tokio::test]
+async fn a_purge_deletes_only_a_generation_before_the_current_one() {
+    use shared::walk_store::{LogEntry, Scope};
+    let mut h = harness().await;
+    let drive = h.drive().await;
+    let data = h.processor.walker.data.clone();
+    let entry = |sequence| LogEntry {
+        sequence,
+        walk_id: "w".into(),
+        event: format!("{{\"sequence\":{sequence}}}"),
+    };
+    for generation in [1, 2] {
+        let scope = Scope {
+            drive_key: &drive.key,
+            generation,
+        };
+        data.log_append(scope, &[entry(generation)]).await.unwrap();
+    }
+    // The drive is at generation 2 (reconnected after a disconnect).
+    let mut state = h.drives.drive(&drive.key).await.unwrap().unwrap();
+    state.generation = 2;
+    state.version += 1;
+    h.drives.put_drive(&state).await.unwrap();
+    let purge = |generation| {
+        let mut m = h.message(&drive, Kind::Purge, None);
+        let mut envelope = Envelope::from_json(&m.body).unwrap();
+        envelope.generation = Some(generation);
+        m.body = envelope.to_json();
+        m
+    };
+    let outcome = h.processor.process(vec![purge(2), purge(1)], far()).await;
+    assert!(outcome.failures.is_empty());
+    let left = |generation| {
+        let data = data.clone();
+        let key = drive.key;
+        async move {
+            data.log_after(
+                Scope {
+                    drive_key: &key,
+                    generation,
+                },
+                0,
+                10,
+            )
+            .await
+            .unwrap()
+            .len()
+        }
+    };
+    assert_eq!(left(1).await, 0, "the old generation is gone");
+    assert_eq!(left(2).await, 1, "the current generation is untouched");
 }

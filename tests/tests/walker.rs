@@ -272,6 +272,10 @@ struct CrashAfter {
     inner: Arc<MemoryWalkStore>,
     stage_writes: AtomicU32,
     crash_at: u32,
+    /// Staged pages read back as gone (expired by TTL).
+    lose_staged: bool,
+    /// Change-log writes fail (the walk stops after its last page, before logging).
+    fail_log: bool,
 }
 
 impl WalkStore for CrashAfter {
@@ -312,6 +316,13 @@ impl WalkStore for CrashAfter {
         scope: Scope<'a>,
         keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<ItemState>, shared::store::StoreError>> {
+        if self.lose_staged {
+            return Box::pin(async {
+                Err(shared::store::StoreError::Corrupt(
+                    "staged chunk is missing".into(),
+                ))
+            });
+        }
         self.inner.staged(scope, keys)
     }
     fn log_append<'a>(
@@ -319,6 +330,9 @@ impl WalkStore for CrashAfter {
         scope: Scope<'a>,
         entries: &'a [LogEntry],
     ) -> BoxFuture<'a, Result<(), shared::store::StoreError>> {
+        if self.fail_log {
+            return Box::pin(async { Err(shared::store::StoreError::Call("simulated outage".into())) });
+        }
         self.inner.log_append(scope, entries)
     }
     fn log_after<'a>(
@@ -373,6 +387,8 @@ async fn a_crash_after_page_k_resumes_from_the_checkpoint_and_loses_nothing() {
         inner: h.data.clone(),
         stage_writes: AtomicU32::new(0),
         crash_at: 4,
+        lose_staged: false,
+        fail_log: false,
     });
     let first = h
         .walker_with(crashing)
@@ -599,6 +615,8 @@ async fn a_walker_that_loses_the_checkpoint_race_cannot_overwrite_a_page_the_win
         inner: h.data.clone(),
         stage_writes: AtomicU32::new(0),
         crash_at: 3,
+        lose_staged: false,
+        fail_log: false,
     });
     let stopped = h
         .walker_with(crashing)
@@ -688,4 +706,70 @@ async fn a_second_410_in_a_row_backs_off_instead_of_looping() {
         "{outcome:?}"
     );
     assert!(h.events().iter().any(|e| e.name.as_deref() == Some("x.txt")));
+}
+
+/// A walk that read every page but could not log (the change log was unavailable).
+async fn walk_stopped_before_logging(h: &Harness) {
+    let stopped = h
+        .walker_with(Arc::new(CrashAfter {
+            inner: h.data.clone(),
+            stage_writes: AtomicU32::new(0),
+            crash_at: 0,
+            lose_staged: false,
+            fail_log: true,
+        }))
+        .walk(&h.drive_key, far(), &mut WalkStats::default())
+        .await;
+    assert!(matches!(stopped, Err(WalkError::Transient(_))), "{stopped:?}");
+    let checkpoint = h.state().await.checkpoint.unwrap();
+    assert!(checkpoint.delta_link.is_some() && checkpoint.logged.is_none());
+}
+
+#[tokio::test]
+async fn a_walk_whose_staged_pages_expired_starts_over_and_still_loses_nothing() {
+    let h = harness(3).await;
+    h.walk().await.unwrap();
+    for i in 0..7 {
+        h.file(None, &format!("e{i}.txt"));
+    }
+    walk_stopped_before_logging(&h).await;
+    let lost = h
+        .walker_with(Arc::new(CrashAfter {
+            inner: h.data.clone(),
+            stage_writes: AtomicU32::new(0),
+            crash_at: 0,
+            lose_staged: true,
+            fail_log: false,
+        }))
+        .walk(&h.drive_key, far(), &mut WalkStats::default())
+        .await;
+    assert!(matches!(lost, Err(WalkError::Transient(_))), "{lost:?}");
+    assert!(
+        h.state().await.checkpoint.is_none(),
+        "the walk is dropped, not stuck"
+    );
+    h.walk().await.unwrap();
+    let created = h.events().iter().filter(|e| e.change == Change::Created).count();
+    assert_eq!(created, 7);
+}
+
+#[tokio::test]
+async fn a_walk_past_its_last_page_finishes_without_graph_when_the_user_must_sign_in_again() {
+    let h = harness(5).await;
+    h.walk().await.unwrap();
+    h.file(None, "before-reauth.txt");
+    walk_stopped_before_logging(&h).await;
+    let mut state = h.state().await;
+    state.state = DriveStatus::NeedsReauth;
+    state.version += 1;
+    h.drives.put_drive(&state).await.unwrap();
+    let calls = h.delta_calls();
+    let outcome = h.walk().await.unwrap();
+    assert!(matches!(outcome, WalkOutcome::Completed { .. }), "{outcome:?}");
+    assert_eq!(h.delta_calls(), calls, "no Graph call");
+    assert!(
+        h.events()
+            .iter()
+            .any(|e| e.name.as_deref() == Some("before-reauth.txt"))
+    );
 }
