@@ -312,6 +312,7 @@ async fn graphs_create_errors_become_clear_answers() {
         count: 1,
         retry_after,
         body: body.map(|b| serde_json::from_str(b).unwrap()),
+        delay_ms: None,
     };
     sim.add_fault(fault(429, Some(9), None));
     let r = call(&stack, reqwest::Method::POST, Some(&user.token)).await;
@@ -441,6 +442,7 @@ async fn a_connect_that_failed_after_storing_the_token_leaves_nothing_after_disc
         count: 1,
         retry_after: None,
         body: None,
+        delay_ms: None,
     });
     let r = call(&stack, reqwest::Method::POST, Some(&user.token)).await;
     assert_eq!(r.status(), 404);

@@ -306,6 +306,7 @@ async fn a_failing_drive_returns_its_own_messages_and_nothing_else_with_the_retr
         count: 1,
         retry_after: Some(40),
         body: None,
+        delay_ms: None,
     });
     let batch = vec![
         h.message(&a, Kind::Baseline, None),

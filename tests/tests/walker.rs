@@ -560,6 +560,7 @@ async fn a_429_with_retry_after_makes_zero_graph_calls_before_it_expires() {
         count: 1,
         retry_after: Some(120),
         body: None,
+        delay_ms: None,
     });
     let first = h.walk().await;
     assert!(matches!(first, Err(WalkError::Throttled { .. })), "{first:?}");
@@ -687,6 +688,7 @@ async fn a_second_410_in_a_row_backs_off_instead_of_looping() {
         count: 2,
         retry_after: None,
         body: Some(serde_json::json!({"error": {"code": "resyncRequired", "message": "Resync required."}})),
+        delay_ms: None,
     });
     let result = h.walk().await;
     assert!(

@@ -1,19 +1,21 @@
 //! The control API under `/_sim`: what tests and `make local` use to arrange the simulated world
 //! (users, tenants, apps, tokens, drive changes and bulk populates, delta quirks, faults,
-//! throttles, subscription removal, settings, the clock, signing keys, auth failures) and to look
-//! inside it. Every route is a thin wrapper over a [`Sim`] method; request and response
-//! bodies are snake_case JSON, errors are `{"error":{"code","message"}}` (see the README).
+//! throttles, subscription seeding and removal, settings and latency, the clock, signing keys,
+//! auth failures) and to look inside it. Every route is a thin wrapper over a [`Sim`] method;
+//! request and response bodies are snake_case JSON, errors are `{"error":{"code","message"}}`
+//! (see the README). Control calls are never delayed by the latency setting.
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
+use crate::Latency;
 use crate::delta::DeltaQuirks;
 use crate::drive::{Item, ItemUpdate, NewItem, Populate, Populated};
 use crate::entra::jwt::{ApiToken, Audience, MintedToken, Tamper, TokenVersion};
@@ -22,12 +24,16 @@ use crate::entra::{AuthFailure, RegisterApp, RegisteredApp, Repeat};
 use crate::errors::SimError;
 use crate::faults::Fault;
 use crate::identity::{IssuedToken, Tenant};
-use crate::sim::{CreatedUser, NewTenant, NewUser, Sim};
+use crate::sim::{CreatedUser, NewTenant, NewUser, SeedSubscription, Sim};
 use crate::state::Settings;
 use crate::subscriptions::LifecycleEvent;
 use crate::throttle::{Throttle, ThrottleStatus};
 
 type ControlResult<T> = Result<T, SimError>;
+
+/// The largest body of `POST /_sim/subscriptions/seed`: 10,000 seeds are about 3 MB, beyond
+/// axum's default 2 MB.
+const SEED_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// The control routes, to be nested under `/_sim`.
 pub(crate) fn router() -> Router<Sim> {
@@ -44,6 +50,7 @@ pub(crate) fn router() -> Router<Sim> {
             "/users/{user_id}/revoke-refresh-tokens",
             post(revoke_refresh_tokens),
         )
+        .route("/users/{user_id}/refresh-token", post(issue_refresh_token))
         .route("/tenants", post(create_tenant))
         .route("/apps", get(apps).post(register_app))
         .route("/keys", get(signing_keys))
@@ -72,6 +79,10 @@ pub(crate) fn router() -> Router<Sim> {
             get(default_delta_quirks).post(set_default_delta_quirks),
         )
         .route("/subscriptions", get(subscriptions))
+        .route(
+            "/subscriptions/seed",
+            post(seed_subscriptions).layer(DefaultBodyLimit::max(SEED_BODY_LIMIT)),
+        )
         .route(
             "/subscriptions/{id}",
             get(subscription).delete(remove_subscription),
@@ -133,6 +144,27 @@ async fn issue_token(
 ) -> ControlResult<Json<IssuedToken>> {
     let request: TokenRequest = optional_body(&body)?;
     Ok(Json(sim.issue_token(&user_id, request.app_id.as_deref())?))
+}
+
+/// The body of `POST /_sim/users/{id}/refresh-token`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshTokenRequest {
+    #[serde(default)]
+    app_id: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+async fn issue_refresh_token(
+    State(sim): State<Sim>,
+    Path(user_id): Path<String>,
+    body: Bytes,
+) -> ControlResult<(StatusCode, Json<Value>)> {
+    let request: RefreshTokenRequest = optional_body(&body)?;
+    let refresh_token =
+        sim.issue_refresh_token(&user_id, request.app_id.as_deref(), request.scope.as_deref())?;
+    Ok((StatusCode::CREATED, Json(json!({"refresh_token": refresh_token}))))
 }
 
 async fn create_tenant(State(sim): State<Sim>, body: Bytes) -> ControlResult<(StatusCode, Json<Tenant>)> {
@@ -405,6 +437,16 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<u
     Option::<usize>::deserialize(deserializer).map(Some)
 }
 
+/// `latency` in `PATCH /_sim/settings`: either field may be left out (unchanged).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatencyPatch {
+    #[serde(default)]
+    graph_ms: Option<u64>,
+    #[serde(default)]
+    token_ms: Option<u64>,
+}
+
 /// The body of `PATCH /_sim/settings`: each field optional, absent ones unchanged.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -415,6 +457,31 @@ struct SettingsPatch {
     max_subscriptions_per_drive: Option<Option<usize>>,
     #[serde(default)]
     delta_quirks: Option<DeltaQuirks>,
+    /// Both latencies at once, as `--latency-ms` sets them; `latency` then adjusts either.
+    #[serde(default)]
+    latency_ms: Option<u64>,
+    #[serde(default)]
+    latency: Option<LatencyPatch>,
+}
+
+impl SettingsPatch {
+    /// The latency this patch asks for, starting from `current`; `None` when it names none.
+    fn latency(&self, current: Latency) -> Option<Latency> {
+        if self.latency_ms.is_none() && self.latency.is_none() {
+            return None;
+        }
+        let millis = std::time::Duration::from_millis;
+        let mut latency = self.latency_ms.map_or(current, |ms| Latency::uniform(millis(ms)));
+        if let Some(patch) = &self.latency {
+            if let Some(ms) = patch.graph_ms {
+                latency.graph = millis(ms);
+            }
+            if let Some(ms) = patch.token_ms {
+                latency.token = millis(ms);
+            }
+        }
+        Some(latency)
+    }
 }
 
 async fn settings(State(sim): State<Sim>) -> Json<Settings> {
@@ -428,6 +495,9 @@ async fn update_settings(State(sim): State<Sim>, body: Bytes) -> ControlResult<J
     }
     if let Some(max) = patch.max_subscriptions_per_drive {
         sim.set_max_subscriptions_per_drive(max);
+    }
+    if let Some(latency) = patch.latency(sim.settings().latency) {
+        sim.set_latency(latency);
     }
     if let Some(quirks) = patch.delta_quirks {
         sim.set_default_delta_quirks(quirks);
@@ -478,6 +548,19 @@ async fn clear_throttles(State(sim): State<Sim>) -> StatusCode {
 async fn remove_subscription(State(sim): State<Sim>, Path(id): Path<String>) -> ControlResult<Json<Value>> {
     let notified = sim.remove_subscription(&id)?;
     Ok(Json(json!({"removed": id, "notified": notified})))
+}
+
+/// The body of `POST /_sim/subscriptions/seed`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedRequest {
+    subscriptions: Vec<SeedSubscription>,
+}
+
+async fn seed_subscriptions(State(sim): State<Sim>, body: Bytes) -> ControlResult<(StatusCode, Json<Value>)> {
+    let request: SeedRequest = required_body(&body)?;
+    let created = sim.seed_subscriptions(&request.subscriptions)?;
+    Ok((StatusCode::CREATED, Json(json!({"value": created}))))
 }
 
 async fn subscriptions(State(sim): State<Sim>) -> Json<Value> {

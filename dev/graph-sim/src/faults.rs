@@ -1,7 +1,8 @@
 //! Injected faults: "the next N Graph calls matching this path prefix (and method) fail with this
-//! status". Tests use them for one-off answers (429/503 with and without Retry-After, any other
-//! status or body; graph-protocol.md §8, §10 item 13). Sustained throttling of a tenant or drive,
-//! with penalties for ignoring Retry-After, is [`crate::throttle`].
+//! status", optionally after a real-time delay. Tests use them for one-off answers (429/503 with
+//! and without Retry-After, any other status or body, a slow failure; graph-protocol.md §8, §10
+//! item 13). Sustained throttling of a tenant or drive, with penalties for ignoring Retry-After,
+//! is [`crate::throttle`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,6 +27,11 @@ pub struct Fault {
     /// A body to send verbatim instead of Graph's error envelope.
     #[serde(default)]
     pub body: Option<Value>,
+    /// Real milliseconds to wait before sending the faulted answer (none when absent), e.g. a 503
+    /// that also takes 5 s. No lock is held while waiting, so other calls go on meanwhile. It
+    /// comes on top of any [`crate::Latency`].
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -68,6 +74,7 @@ mod tests {
             count,
             retry_after: None,
             body: None,
+            delay_ms: None,
         }
     }
 
@@ -80,5 +87,14 @@ mod tests {
         assert!(take_matching(&mut faults, "PATCH", "/v1.0/subscriptions/abc").is_some());
         assert!(take_matching(&mut faults, "PATCH", "/v1.0/subscriptions/abc").is_none());
         assert!(faults.is_empty());
+    }
+
+    #[test]
+    fn a_fault_without_a_delay_reads_as_none_and_one_with_it_keeps_it() {
+        let plain: Fault = serde_json::from_str(r#"{"path_prefix":"/v1.0/","status":503}"#).expect("fault");
+        assert_eq!((plain.count, plain.delay_ms), (1, None));
+        let slow: Fault =
+            serde_json::from_str(r#"{"path_prefix":"/v1.0/","status":503,"delay_ms":250}"#).expect("fault");
+        assert_eq!(slow.delay_ms, Some(250));
     }
 }

@@ -56,12 +56,18 @@ pub struct IssuedToken {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Expired tokens are swept out once the token map holds at least this many entries.
+const TOKEN_SWEEP_FLOOR: usize = 1024;
+
 /// Tenants, users and live tokens.
 #[derive(Debug, Default)]
 pub struct Identity {
     pub tenants: HashMap<String, Tenant>,
     pub users: HashMap<String, User>,
     tokens: HashMap<String, Grant>,
+    /// How many tokens survived the last sweep; the next waits until the map has doubled, so
+    /// issuing n tokens costs O(n) in all rather than a scan per token.
+    tokens_after_sweep: usize,
 }
 
 impl Identity {
@@ -109,8 +115,11 @@ impl Identity {
     }
 
     fn insert(&mut self, grant: Grant, now: DateTime<Utc>) -> IssuedToken {
-        // Forget tokens that can never be valid again, so a long test run does not grow forever.
-        self.tokens.retain(|_, grant| grant.expires_at > now);
+        // Forget tokens that can never be valid again, so a long run does not grow forever.
+        if self.tokens.len() >= (2 * self.tokens_after_sweep).max(TOKEN_SWEEP_FLOOR) {
+            self.tokens.retain(|_, grant| grant.expires_at > now);
+            self.tokens_after_sweep = self.tokens.len();
+        }
         let access_token = format!(
             "{TOKEN_PREFIX}{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -155,5 +164,19 @@ mod tests {
                 .is_none()
         );
         assert!(identity.authenticate("simgraph.unknown", now).is_none());
+    }
+
+    #[test]
+    fn expired_tokens_are_swept_once_the_map_has_doubled() {
+        let mut identity = Identity::default();
+        let now = Utc::now();
+        let hour = chrono::Duration::hours(1);
+        for _ in 0..TOKEN_SWEEP_FLOOR {
+            identity.issue_token("t", "u", DEFAULT_APP_ID, now, hour);
+        }
+        let later = now + chrono::Duration::hours(2);
+        let fresh = identity.issue_token("t", "u", DEFAULT_APP_ID, later, hour);
+        assert_eq!(identity.tokens.len(), 1, "the expired ones are gone");
+        assert!(identity.authenticate(&fresh.access_token, later).is_some());
     }
 }

@@ -5,7 +5,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 
 use clap::Parser;
-use graph_sim::{DeltaQuirks, SimConfig, Timing, start};
+use graph_sim::{DeltaQuirks, Latency, SimConfig, Timing, start};
 
 /// A local Microsoft Graph and Entra ID simulator: Graph under /v1.0, Entra under /{tenant}/, control
 /// under /_sim.
@@ -39,6 +39,11 @@ struct Args {
     /// Never send reauthorizationRequired by itself as subscriptions near expiry.
     #[arg(long, env = "GRAPH_SIM_NO_AUTO_REAUTHORIZATION")]
     no_auto_reauthorization: bool,
+    /// Real milliseconds added to every Graph call (/v1.0) and every token-endpoint call before it
+    /// is answered, like a round trip to the cloud (control calls, OIDC metadata, JWKS and
+    /// notification delivery are not delayed).
+    #[arg(long, env = "GRAPH_SIM_LATENCY_MS", default_value_t = 0)]
+    latency_ms: u64,
 }
 
 #[tokio::main]
@@ -58,6 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         allow_http_loopback: args.allow_http_loopback,
         public_url: args.public_url,
         max_subscriptions_per_drive: args.max_subscriptions_per_drive,
+        latency: Latency::uniform(std::time::Duration::from_millis(args.latency_ms)),
         delta_quirks: DeltaQuirks {
             seed: args.delta_quirks_seed,
             ..args.delta_quirks.unwrap_or_default()

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use shared::clock::Clock as _;
 use tokio::sync::Notify;
 
-use crate::SimConfig;
 use crate::delivery::{
     self, AttemptResult, Batch, DeliveryAttempt, EndpointReport, NotificationKind, Outgoing,
 };
@@ -20,12 +19,15 @@ use crate::entra::keys::{KeyError, SigningKey, SigningKeyInfo};
 use crate::entra::{
     self, AuthFailure, CONSUMER_TENANT_ID, Entra, RegisterApp, RegisteredApp, Repeat, Revocation,
 };
-use crate::errors::SimError;
+use crate::errors::{GraphError, SimError};
 use crate::faults::Fault;
-use crate::identity::{DEFAULT_APP_ID, IssuedToken, Tenant, User};
+use crate::identity::{DEFAULT_APP_ID, Grant, IssuedToken, Tenant, User};
 use crate::state::{Counters, Settings, State};
-use crate::subscriptions::{LifecycleEvent, Subscription};
+use crate::subscriptions::{
+    Admission, LifecycleEvent, Subscription, effective_expiration, parse_create_value, resolve_resource,
+};
 use crate::throttle::{Throttle, ThrottleStatus};
+use crate::{Latency, SimConfig};
 
 /// A request to create a user (with its drive and root folder).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -53,6 +55,84 @@ pub struct NewUser {
     #[serde(default)]
     pub user_id: Option<String>,
 }
+
+/// One subscription for [`Sim::seed_subscriptions`]: what a create by `user_id` would carry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedSubscription {
+    /// The creator (`creatorId`), an existing user; the subscription is in the user's tenant.
+    pub user_id: String,
+    /// The user's tenant, checked when given.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// `applicationId`, the app whose tokens see the subscription; the app the user was created
+    /// with ([`DEFAULT_APP_ID`] by default) when absent.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// As a create would send it, resolved for the user: `me/drive/root` (the default),
+    /// `drives/{id}/root`, `users/{id}/drive/root`, or a personal folder's `…/items/{id}`.
+    #[serde(default = "default_seed_resource")]
+    pub resource: String,
+    pub notification_url: String,
+    #[serde(default)]
+    pub lifecycle_notification_url: Option<String>,
+    #[serde(default)]
+    pub client_state: Option<String>,
+    /// Raised to 45 minutes from now, refused beyond 42,300 minutes, as a create's (§1.3).
+    pub expiration_date_time: DateTime<Utc>,
+}
+
+fn default_seed_resource() -> String {
+    "me/drive/root".to_owned()
+}
+
+impl SeedSubscription {
+    /// A root subscription (`me/drive/root`) by `user_id`, without a lifecycle URL or clientState.
+    pub fn new(
+        user_id: impl Into<String>,
+        notification_url: impl Into<String>,
+        expiration_date_time: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            user_id: user_id.into(),
+            tenant_id: None,
+            app_id: None,
+            resource: default_seed_resource(),
+            notification_url: notification_url.into(),
+            lifecycle_notification_url: None,
+            client_state: None,
+            expiration_date_time,
+        }
+    }
+
+    /// The Graph creation payload carrying the same values, checked by the create's own rules.
+    fn create_payload(&self) -> serde_json::Value {
+        serde_json::json!({
+            "changeType": "updated",
+            "notificationUrl": self.notification_url,
+            "lifecycleNotificationUrl": self.lifecycle_notification_url,
+            "resource": self.resource,
+            "expirationDateTime": self
+                .expiration_date_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "clientState": self.client_state,
+        })
+    }
+}
+
+/// A Graph refusal of seed number `index`, as a control error: `subscription {index}: {code}:
+/// {message}` (409 for a duplicate or the quota, 404 for an unknown item, 400 otherwise).
+fn seed_refused(index: usize, error: &GraphError) -> SimError {
+    let message = format!("subscription {index}: {}: {}", error.code, error.message);
+    match error.status.as_u16() {
+        404 => SimError::NotFound(message),
+        403 | 409 => SimError::Conflict(message),
+        _ => SimError::BadRequest(message),
+    }
+}
+
+/// The scope of [`Sim::issue_refresh_token`] when none is given: graphfeed's default.
+const DEFAULT_REFRESH_SCOPE: &str = "offline_access Files.Read.All";
 
 /// A request to create a tenant.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -467,6 +547,36 @@ impl Sim {
         self.lock().entra.failures.remove(user_id);
     }
 
+    /// A refresh token for the user, as an on-behalf-of request for `app_id` (the user's app when
+    /// absent; it must be registered) with `scope` (graphfeed's `offline_access Files.Read.All`
+    /// when absent) would have returned, for the refresh grant (§7.2). It skips the API token and
+    /// its RSA signature, so a benchmark can give 10,000 users a refresh token in milliseconds.
+    pub fn issue_refresh_token(
+        &self,
+        user_id: &str,
+        app_id: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<String, SimError> {
+        let now = self.now();
+        let mut state = self.lock();
+        let app_id = match app_id {
+            Some(raw) => parse_guid(raw, "app_id")?,
+            None => state
+                .identity
+                .users
+                .get(user_id)
+                .map(|user| user.app_id.clone())
+                .ok_or_else(|| SimError::NotFound(format!("user {user_id} not found")))?,
+        };
+        entra::grants::direct_refresh_token(
+            &mut state,
+            now,
+            user_id,
+            &app_id,
+            scope.unwrap_or(DEFAULT_REFRESH_SCOPE),
+        )
+    }
+
     /// Revokes every refresh token issued to the user so far (like "revoke sessions" or a
     /// password reset): they fail with `invalid_grant` AADSTS50173. Later grants work.
     pub fn revoke_refresh_tokens(&self, user_id: &str) -> Result<(), SimError> {
@@ -583,6 +693,83 @@ impl Sim {
         all
     }
 
+    /// Creates subscriptions directly, as if each user had created them, but without the
+    /// validation handshake (§2), for benchmarks that need thousands in place at once. Every
+    /// other rule of a create applies, in a create's order: the payload rules (HTTPS or allowed
+    /// loopback URLs, clientState length), the resource resolved for the user (another user's
+    /// drive 403, files refused, business drives root-only), the expiration (raised to 45 minutes,
+    /// refused beyond 42,300), duplicates (409) and the per-drive quota (403), also among the seeds
+    /// themselves. The result is indistinguishable from created subscriptions: the user's tokens
+    /// for the app GET, PATCH and DELETE them, they get notifications and lifecycle reminders.
+    ///
+    /// All or nothing: when one seed is refused none is created, and the error names it
+    /// (`subscription {index}: {Graph code}: {Graph message}`). Cost is O(live + seeds), so seed
+    /// in batches rather than one call per subscription. Returns the subscriptions in input order.
+    pub fn seed_subscriptions(&self, seeds: &[SeedSubscription]) -> Result<Vec<Subscription>, SimError> {
+        let allow_http_loopback = self.config().allow_http_loopback;
+        let requests = seeds
+            .iter()
+            .enumerate()
+            .map(|(index, seed)| {
+                parse_create_value(&seed.create_payload(), allow_http_loopback)
+                    .map_err(|error| seed_refused(index, &error))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = self.now();
+        let created = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            state.purge_expired(now);
+            let mut admission = Admission::new(
+                state.subscriptions.values(),
+                state.settings.max_subscriptions_per_drive,
+            );
+            let mut created = Vec::with_capacity(seeds.len());
+            for (index, (seed, request)) in seeds.iter().zip(&requests).enumerate() {
+                let user = state.identity.users.get(&seed.user_id).ok_or_else(|| {
+                    SimError::NotFound(format!("subscription {index}: user {} not found", seed.user_id))
+                })?;
+                let guid = |raw: &str, what: &str| {
+                    parse_guid(raw, what)
+                        .map_err(|error| SimError::BadRequest(format!("subscription {index}: {error}")))
+                };
+                if let Some(raw) = &seed.tenant_id
+                    && guid(raw, "tenant_id")? != user.tenant_id
+                {
+                    return Err(SimError::Conflict(format!(
+                        "subscription {index}: user {} is in tenant {}, not {raw}",
+                        user.id, user.tenant_id
+                    )));
+                }
+                let caller = Grant {
+                    tenant_id: user.tenant_id.clone(),
+                    user_id: user.id.clone(),
+                    app_id: match &seed.app_id {
+                        Some(raw) => guid(raw, "app_id")?,
+                        None => user.app_id.clone(),
+                    },
+                    expires_at: now,
+                    app_only: false,
+                };
+                let refused = |error: GraphError| seed_refused(index, &error);
+                let target = resolve_resource(&request.resource, &caller, &state.identity, &state.drives)
+                    .map_err(refused)?;
+                let expiration = effective_expiration(request.expiration, now).map_err(refused)?;
+                let subscription = Subscription::new(request, &caller, target, expiration, now);
+                admission.admit(&subscription).map_err(refused)?;
+                created.push(subscription);
+            }
+            for subscription in &created {
+                state.insert_subscription(subscription.clone());
+            }
+            created
+        };
+        tracing::info!(count = created.len(), "subscriptions seeded");
+        // Lifecycle reminders may be due for the new ones.
+        self.wake();
+        Ok(created)
+    }
+
     /// Sends a lifecycle notification to the subscription's lifecycleNotificationUrl (§4).
     /// `reauthorizationRequired` marks the subscription until it is reauthorized or PATCHed;
     /// `subscriptionRemoved` removes it.
@@ -660,9 +847,16 @@ impl Sim {
         Ok(notified)
     }
 
-    /// The run-time settings (automatic reauthorization, the subscription quota, delta quirks).
+    /// The run-time settings (automatic reauthorization, the subscription quota, delta quirks,
+    /// latency).
     pub fn settings(&self) -> Settings {
         self.lock().settings.clone()
+    }
+
+    /// Sets the real time added to Graph and token-endpoint calls from now on (see [`Latency`];
+    /// `Latency::default()` removes it). Calls already waiting keep their delay.
+    pub fn set_latency(&self, latency: Latency) {
+        self.lock().settings.latency = latency;
     }
 
     /// Turns the automatic `reauthorizationRequired` schedule (§4) on or off. It is on by default
@@ -782,9 +976,14 @@ impl Sim {
         self.lock().faults.clear();
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters. Subscriptions the clock has expired are purged (and counted in
+    /// [`Counters::subscriptions_expired`]) first, so the count is current even when nothing
+    /// touched them.
     pub fn counters(&self) -> Counters {
-        self.lock().counters.clone()
+        let now = self.now();
+        let mut state = self.lock();
+        state.purge_expired(now);
+        state.counters.clone()
     }
 
     /// The delivery log, oldest first.

@@ -19,7 +19,7 @@ use crate::faults::Fault;
 use crate::identity::Identity;
 use crate::subscriptions::{LifecycleEvent, Subscription, next_reauthorization};
 use crate::throttle::Throttles;
-use crate::{SimConfig, Timing};
+use crate::{Latency, SimConfig, Timing};
 
 /// What the simulator has counted since start or the last reset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -80,6 +80,12 @@ pub struct Counters {
     pub auto_reauthorizations: u64,
     /// API access tokens minted through [`crate::Sim::mint_api_token`] or the control API.
     pub api_tokens_minted: u64,
+    /// Subscriptions Graph deleted because the sim clock passed their expiry without a renewal
+    /// (§1.6), each counted once, when the simulator notices: on any access to subscriptions, on
+    /// the delivery task's look, and whenever the counters are read, so one that expires with
+    /// nobody touching it is counted too. Deletions (DELETE, `subscriptionRemoved`) are not
+    /// expiries.
+    pub subscriptions_expired: u64,
 }
 
 /// What can be changed while the simulator runs; starts from [`SimConfig`] (and again at a reset).
@@ -93,6 +99,8 @@ pub struct Settings {
     pub delta_quirks: DeltaQuirks,
     /// Delta quirks of single drives.
     pub drive_delta_quirks: BTreeMap<String, DeltaQuirks>,
+    /// Real time added to Graph and token-endpoint calls (`{"graph_ms","token_ms"}` in JSON).
+    pub latency: Latency,
 }
 
 impl Settings {
@@ -102,6 +110,7 @@ impl Settings {
             max_subscriptions_per_drive: config.max_subscriptions_per_drive,
             delta_quirks: config.delta_quirks,
             drive_delta_quirks: BTreeMap::new(),
+            latency: config.latency,
         }
     }
 
@@ -122,7 +131,13 @@ pub(crate) struct State {
     pub identity: Identity,
     pub entra: Entra,
     pub drives: HashMap<String, Drive>,
+    /// Live subscriptions by id. Insert with [`State::insert_subscription`] and report a changed
+    /// expiry with [`State::note_expiration`], so [`State::purge_expired`] knows when to look.
     pub subscriptions: HashMap<String, Subscription>,
+    /// No subscription expires before this: a lower bound, lowered by every insert and every new
+    /// expiry and made exact by each scan, so purging costs nothing until something can have
+    /// expired (renewing 10,000 subscriptions must not scan 10,000 subscriptions each time).
+    next_expiry: DateTime<Utc>,
     pub deliveries: Deliveries,
     pub faults: Vec<Fault>,
     pub throttles: Throttles,
@@ -139,6 +154,7 @@ impl State {
             entra,
             drives: HashMap::new(),
             subscriptions: HashMap::new(),
+            next_expiry: DateTime::<Utc>::MAX_UTC,
             deliveries: Deliveries::default(),
             faults: Vec::new(),
             throttles: Throttles::default(),
@@ -191,11 +207,34 @@ impl State {
         queued
     }
 
+    /// Adds a live subscription.
+    pub fn insert_subscription(&mut self, subscription: Subscription) {
+        self.note_expiration(subscription.expiration);
+        self.subscriptions.insert(subscription.id.clone(), subscription);
+    }
+
+    /// Records that a subscription now expires at `expiration` (a PATCH), so the purge looks then.
+    pub fn note_expiration(&mut self, expiration: DateTime<Utc>) {
+        self.next_expiry = self.next_expiry.min(expiration);
+    }
+
     /// Forgets subscriptions whose expiry the clock has passed: Graph deletes them (§1.6), and from
-    /// then on they are 404 and get no notifications.
+    /// then on they are 404 and get no notifications. Each is counted in
+    /// [`Counters::subscriptions_expired`]. Scans only once the earliest expiry may have passed.
     pub fn purge_expired(&mut self, now: DateTime<Utc>) {
+        if now < self.next_expiry {
+            return;
+        }
+        let before = self.subscriptions.len();
         self.subscriptions
             .retain(|_, subscription| subscription.is_alive(now));
+        self.counters.subscriptions_expired += (before - self.subscriptions.len()) as u64;
+        self.next_expiry = self
+            .subscriptions
+            .values()
+            .map(|subscription| subscription.expiration)
+            .min()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
     }
 
     /// Queues one change notification for every live subscription whose folder covers an item the
@@ -238,5 +277,80 @@ impl State {
             self.deliveries.enqueue(&mut self.counters, timing, now, outgoing);
         }
         queued
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+    use crate::entra::keys::SigningKey;
+    use crate::subscriptions::Target;
+
+    fn state(now: DateTime<Utc>) -> State {
+        let key = SigningKey::development(now).expect("dev key");
+        State::new(Entra::new(key), Settings::from_config(&SimConfig::default()))
+    }
+
+    fn subscription(id: &str, expiration: DateTime<Utc>) -> Subscription {
+        Subscription {
+            id: id.to_owned(),
+            resource: "me/drive/root".to_owned(),
+            application_id: "app".to_owned(),
+            change_type: "updated".to_owned(),
+            client_state: None,
+            notification_url: "https://example.test/hook".to_owned(),
+            lifecycle_notification_url: None,
+            expiration,
+            creator_id: id.to_owned(),
+            tenant_id: "tenant".to_owned(),
+            latest_supported_tls_version: "v1_2".to_owned(),
+            notification_url_app_id: None,
+            target: Target {
+                drive_id: id.to_owned(),
+                item_id: "root".to_owned(),
+            },
+            created_at: expiration - Duration::hours(10),
+            needs_reauthorization: false,
+            last_reauthorized_at: None,
+            reauthorization_reminded_at: None,
+        }
+    }
+
+    #[test]
+    fn expired_subscriptions_are_purged_and_counted_once_each() {
+        let now = Utc::now();
+        let mut state = state(now);
+        state.insert_subscription(subscription("a", now + Duration::hours(1)));
+        state.insert_subscription(subscription("b", now + Duration::hours(10)));
+
+        state.purge_expired(now + Duration::hours(2));
+        state.purge_expired(now + Duration::hours(3));
+
+        assert_eq!(state.counters.subscriptions_expired, 1);
+        assert!(state.subscriptions.contains_key("b"));
+        state.purge_expired(now + Duration::hours(10));
+        assert_eq!(state.counters.subscriptions_expired, 2);
+        assert!(state.subscriptions.is_empty());
+    }
+
+    #[test]
+    fn a_renewal_to_an_earlier_expiry_is_purged_on_time() {
+        let now = Utc::now();
+        let mut state = state(now);
+        state.insert_subscription(subscription("a", now + Duration::hours(10)));
+        // A scan that finds nothing leaves the next look at the earliest expiry, 10 h away.
+        state.purge_expired(now);
+
+        let earlier = now + Duration::hours(1);
+        if let Some(renewed) = state.subscriptions.get_mut("a") {
+            renewed.expiration = earlier;
+        }
+        state.note_expiration(earlier);
+        state.purge_expired(now + Duration::hours(2));
+
+        assert!(state.subscriptions.is_empty());
+        assert_eq!(state.counters.subscriptions_expired, 1);
     }
 }

@@ -108,6 +108,7 @@ async fn a_fault_can_carry_its_own_body() {
         count: 1,
         retry_after: None,
         body: Some(json!({"error": {"code": "bandwidthLimitExceeded", "message": "custom"}})),
+        delay_ms: None,
     });
 
     let (status, body) = Graph::new(&running, &user.access_token)
@@ -119,6 +120,43 @@ async fn a_fault_can_carry_its_own_body() {
         body,
         json!({"error": {"code": "bandwidthLimitExceeded", "message": "custom"}})
     );
+}
+
+#[tokio::test]
+async fn a_delayed_fault_answers_late_without_holding_up_other_calls() {
+    let running = start_sim().await;
+    let user = new_user(&running);
+    let graph = Graph::new(&running, &user.access_token);
+    let fault = json!({"path_prefix": "/v1.0/me/drive/root", "status": 503, "delay_ms": 400});
+    let (status, armed) = control(&running.control_url(), Method::POST, "/faults", Some(fault)).await;
+    assert_eq!((status, &armed["delay_ms"]), (201, &json!(400)));
+
+    let started = std::time::Instant::now();
+    let slow = tokio::spawn({
+        let graph = graph.clone();
+        async move {
+            let answer = graph.call(Method::GET, "/me/drive/root", None).await;
+            (answer, started.elapsed())
+        }
+    });
+    // Let the faulted call take its fault before the other call starts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = graph.call(Method::GET, "/me/drive", None).await;
+    let other_done = started.elapsed();
+    let ((slow_status, slow_body), slow_done) = slow.await.expect("join");
+
+    assert_eq!(status, 200);
+    assert!(
+        other_done < Duration::from_millis(400),
+        "the other call waited: {other_done:?}"
+    );
+    assert_eq!(slow_status, 503);
+    assert_eq!(slow_body["error"]["code"], "serviceNotAvailable");
+    assert!(
+        slow_done >= Duration::from_millis(400),
+        "answered after {slow_done:?}"
+    );
+    assert_eq!(running.sim().counters().faults_injected, 1);
 }
 
 #[tokio::test]
@@ -323,10 +361,11 @@ async fn deliveries_and_endpoints_are_visible_through_control() {
     assert_eq!(endpoints[0]["state"], "normal");
 }
 
-#[tokio::test]
-async fn the_binary_prints_one_ready_line_and_stops_on_sigterm() {
+/// Starts the binary with `args` and returns it with its ready line.
+async fn start_binary(args: &[&str]) -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_graph-sim"))
-        .args(["--listen", "127.0.0.1:0", "--allow-http-loopback"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -340,6 +379,30 @@ async fn the_binary_prints_one_ready_line_and_stops_on_sigterm() {
     .await
     .expect("join")
     .expect("ready line");
+    (child, line)
+}
+
+#[tokio::test]
+async fn the_latency_flag_sets_the_graph_and_token_latency() {
+    let (mut child, line) = start_binary(&["--latency-ms", "75"]).await;
+    let host = line
+        .trim()
+        .strip_prefix("graph-sim listening on ")
+        .and_then(|rest| rest.split_once(' '))
+        .map(|(host, _)| host.to_owned())
+        .expect("ready line shape");
+
+    let (status, settings) = control(&format!("{host}/_sim"), Method::GET, "/settings", None).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert_eq!(status, 200);
+    assert_eq!(settings["latency"], json!({"graph_ms": 75, "token_ms": 75}));
+}
+
+#[tokio::test]
+async fn the_binary_prints_one_ready_line_and_stops_on_sigterm() {
+    let (mut child, line) = start_binary(&["--allow-http-loopback"]).await;
 
     let rest = line
         .trim()

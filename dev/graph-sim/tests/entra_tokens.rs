@@ -790,3 +790,44 @@ async fn the_correlation_id_echoes_client_request_id() {
     assert_eq!(answer.body["correlation_id"], correlation);
     assert_eq!(answer.header("x-ms-request-id"), answer.body["trace_id"].as_str());
 }
+
+#[tokio::test]
+async fn a_directly_issued_refresh_token_works_in_the_refresh_grant() {
+    let running = start_sim().await;
+    let user = new_user(&running);
+    let direct = running
+        .sim()
+        .issue_refresh_token(&user.user_id, None, None)
+        .expect("refresh token");
+    let over_http = control_call(
+        &running,
+        Method::POST,
+        &format!("/users/{}/refresh-token", user.user_id),
+        Some(json!({"scope": "offline_access Files.Read.All"})),
+    )
+    .await;
+    assert_eq!(over_http.status, 201, "{}", over_http.body);
+
+    for refresh_token in [
+        direct.as_str(),
+        over_http.body["refresh_token"].as_str().expect("token"),
+    ] {
+        let answer = token_request(&running, &user.tenant_id, &refresh_form(refresh_token)).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let graph_token = answer.body["access_token"].as_str().expect("access token");
+        let (status, drive) = Graph::new(&running, graph_token)
+            .call(Method::GET, "/me/drive", None)
+            .await;
+        assert_eq!((status.as_u16(), &drive["id"]), (200, &json!(user.drive_id)));
+    }
+    let unknown_user = control_call(&running, Method::POST, "/users/nobody/refresh-token", None).await;
+    assert_eq!(unknown_user.status, 404);
+    let unregistered =
+        running
+            .sim()
+            .issue_refresh_token(&user.user_id, Some("11111111-2222-3333-4444-555555555555"), None);
+    assert!(
+        matches!(unregistered, Err(graph_sim::SimError::NotFound(_))),
+        "{unregistered:?}"
+    );
+}

@@ -629,3 +629,60 @@ async fn unknown_paths_and_methods_get_graph_errors() {
         Some(&1)
     );
 }
+
+#[tokio::test]
+async fn a_renewal_patch_sends_no_handshake_and_counts_as_a_patch() {
+    let running = start_sim().await;
+    let hook = Receiver::start().await;
+    let user = new_user(&running);
+    let graph = Graph::new(&running, &user.access_token);
+    let mut body = subscription_body(&running, "me/drive/root", &hook.url("/hook"), 60);
+    body["lifecycleNotificationUrl"] = json!(hook.url("/lifecycle"));
+    let (status, created) = graph.create(body).await;
+    assert_eq!(status, 201, "{created}");
+    let path = format!("/subscriptions/{}", created["id"].as_str().expect("id"));
+    assert_eq!(hook.validations().len(), 2, "one handshake per URL on create");
+
+    for days in [1, 2] {
+        let later = running.sim().now() + Duration::days(days);
+        let (status, renewed) = graph
+            .call(Method::PATCH, &path, Some(json!({"expirationDateTime": later})))
+            .await;
+        assert_eq!(status, 200, "{renewed}");
+    }
+
+    assert_eq!(hook.validations().len(), 2, "renewals send no handshake");
+    let counters = running.sim().counters();
+    assert_eq!(counters.validation_handshakes, 2);
+    assert_eq!(
+        counters.graph_calls.get("PATCH /v1.0/subscriptions/{id}"),
+        Some(&2)
+    );
+}
+
+#[tokio::test]
+async fn a_subscription_that_expires_untouched_is_counted_once_as_expired() {
+    let running = start_sim().await;
+    let hook = Receiver::start().await;
+    for minutes in [60, 600] {
+        let user = new_user(&running);
+        let (status, created) = Graph::new(&running, &user.access_token)
+            .create(subscription_body(
+                &running,
+                "me/drive/root",
+                &hook.url("/"),
+                minutes,
+            ))
+            .await;
+        assert_eq!(status, 201, "{created}");
+    }
+    assert_eq!(running.sim().counters().subscriptions_expired, 0);
+
+    running.sim().advance(Duration::minutes(61));
+
+    assert_eq!(running.sim().counters().subscriptions_expired, 1);
+    assert_eq!(running.sim().counters().subscriptions_expired, 1, "counted once");
+    let answer = control_call(&running, Method::GET, "/counters", None).await;
+    assert_eq!(answer.body["subscriptions_expired"], 1);
+    assert_eq!(running.sim().subscriptions().len(), 1);
+}

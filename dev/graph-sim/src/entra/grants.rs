@@ -22,6 +22,7 @@ use super::{
     AuthFailure, FailureRule, GRAPH_RESOURCE, GRAPH_RESOURCE_APP_ID, REFRESH_TOKEN_MAX_INACTIVITY_DAYS,
     REFRESH_TOKEN_PREFIX, RefreshRecord, RegisteredApp, TenantPath,
 };
+use crate::errors::SimError;
 use crate::identity::User;
 use crate::state::State;
 
@@ -244,29 +245,74 @@ fn issue(
         "access_token": issued.access_token,
     });
     if issue_refresh_token && let Some(object) = body.as_object_mut() {
-        let refresh_token = format!(
-            "{REFRESH_TOKEN_PREFIX}{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let serial = state.entra.next_serial;
-        state.entra.next_serial += 1;
-        state.entra.refresh_tokens.insert(
-            refresh_token.clone(),
-            RefreshRecord {
-                serial,
-                user_id: user.id.clone(),
-                tenant_id: user.tenant_id.clone(),
-                client_id: app.client_id.clone(),
-                scopes: scopes.graph.clone(),
-                issued_at: ctx.now,
-                last_used_at: ctx.now,
-                replaced_at: None,
-            },
-        );
+        let refresh_token = new_refresh_token(state, ctx.now, user, &app.client_id, &scopes.graph);
         object.insert("refresh_token".to_owned(), json!(refresh_token));
     }
     body
+}
+
+/// Records and returns a new refresh token for the user and app, good for `graph_scopes`.
+fn new_refresh_token(
+    state: &mut State,
+    now: DateTime<Utc>,
+    user: &User,
+    client_id: &str,
+    graph_scopes: &[String],
+) -> String {
+    let refresh_token = format!(
+        "{REFRESH_TOKEN_PREFIX}{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let serial = state.entra.next_serial;
+    state.entra.next_serial += 1;
+    state.entra.refresh_tokens.insert(
+        refresh_token.clone(),
+        RefreshRecord {
+            serial,
+            user_id: user.id.clone(),
+            tenant_id: user.tenant_id.clone(),
+            client_id: client_id.to_owned(),
+            scopes: graph_scopes.to_vec(),
+            issued_at: now,
+            last_used_at: now,
+            replaced_at: None,
+        },
+    );
+    refresh_token
+}
+
+/// A refresh token for `user_id` and the registered app `client_id`, as an on-behalf-of request
+/// with `scope` (which must name a Graph scope; `offline_access` is implied) would have returned,
+/// but without minting and verifying an assertion: setting up thousands of users for a benchmark
+/// costs no RSA signatures.
+pub(crate) fn direct_refresh_token(
+    state: &mut State,
+    now: DateTime<Utc>,
+    user_id: &str,
+    client_id: &str,
+    scope: &str,
+) -> Result<String, SimError> {
+    let user = state
+        .identity
+        .users
+        .get(user_id)
+        .cloned()
+        .ok_or_else(|| SimError::NotFound(format!("user {user_id} not found")))?;
+    let app = state
+        .entra
+        .app(client_id)
+        .cloned()
+        .ok_or_else(|| SimError::NotFound(format!("app {client_id} is not registered")))?;
+    let scopes = parse_scopes(scope)
+        .map_err(|error| SimError::BadRequest(format!("scope '{scope}': {}", error.error)))?;
+    Ok(new_refresh_token(
+        state,
+        now,
+        &user,
+        &app.client_id,
+        &scopes.graph,
+    ))
 }
 
 /// §7.1: exchanges a user's access token for graphfeed's API for a Graph token.

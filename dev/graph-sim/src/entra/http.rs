@@ -6,7 +6,8 @@
 //! - `POST /{tenant}/oauth2/v2.0/token`
 //!
 //! `{tenant}` is a tenant GUID, `common`, `organizations` or `consumers` (graph-protocol.md §7.4).
-//! Every call is counted; the token endpoint's rules are in [`super::grants`].
+//! Every call is counted; the token endpoint's rules are in [`super::grants`]. Only the token
+//! endpoint waits out the configured [`crate::Latency`]; metadata and keys answer at once.
 
 use std::collections::HashMap;
 
@@ -288,6 +289,10 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let latency = sim.lock().settings.latency.token;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let params: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let request = TokenRequest {
         tenant,

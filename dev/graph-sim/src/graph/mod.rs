@@ -1,11 +1,12 @@
 //! The Graph surface under `/v1.0`: routing, the middleware every Graph call passes through, and
 //! bearer-token authentication.
 //!
-//! The middleware gives every response a `request-id` header and echoes `client-request-id`,
-//! counts the call by route template (and delta calls by drive), answers with an injected fault
-//! when one matches, else with a throttle's error when one covers the call's tenant or drive
-//! ([`crate::throttle`]), and writes every [`GraphError`] in Graph's envelope with this request's
-//! ids (graph-protocol.md §1.6).
+//! The middleware first waits out the configured [`crate::Latency`] (real time, no lock held),
+//! then gives every response a `request-id` header and echoes `client-request-id`, counts the
+//! call by route template (and delta calls by drive), answers with an injected fault when one
+//! matches (after the fault's own delay, if any), else with a throttle's error when one covers the
+//! call's tenant or drive ([`crate::throttle`]), and writes every [`GraphError`] in Graph's
+//! envelope with this request's ids (graph-protocol.md §1.6).
 
 pub mod drives;
 pub mod subscriptions;
@@ -67,6 +68,10 @@ pub(crate) fn router(sim: Sim) -> Router<Sim> {
 }
 
 async fn graph_middleware(State(sim): State<Sim>, request: Request, next: Next) -> Response {
+    let latency = sim.lock().settings.latency.graph;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let client_request_id = request
         .headers()
         .get(&CLIENT_REQUEST_ID)
@@ -123,6 +128,9 @@ async fn graph_middleware(State(sim): State<Sim>, request: Request, next: Next) 
     };
     let mut response = match (fault, throttled) {
         (Some(fault), _) => {
+            if let Some(delay) = fault.delay_ms.filter(|&ms| ms > 0) {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
             let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             GraphError::fault(status, fault.retry_after, fault.body).to_response(&ids)
         }

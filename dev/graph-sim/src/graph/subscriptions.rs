@@ -87,28 +87,8 @@ pub(crate) async fn create(
         let mut state = sim.lock();
         state.purge_expired(now);
         let target = resolve_resource(&request.resource, &caller, &state.identity, &state.drives)?;
-        let candidate = Subscription {
-            id: uuid::Uuid::new_v4().to_string(),
-            resource: request.resource.clone(),
-            application_id: caller.app_id.clone(),
-            change_type: request.change_type.clone(),
-            client_state: request.client_state.clone(),
-            notification_url: request.notification_url.given.clone(),
-            lifecycle_notification_url: request
-                .lifecycle_notification_url
-                .as_ref()
-                .map(|url| url.given.clone()),
-            expiration: effective_expiration(request.expiration, now)?,
-            creator_id: caller.user_id.clone(),
-            tenant_id: caller.tenant_id.clone(),
-            latest_supported_tls_version: request.latest_supported_tls_version.clone(),
-            notification_url_app_id: request.notification_url_app_id.clone(),
-            target,
-            created_at: now,
-            needs_reauthorization: false,
-            last_reauthorized_at: None,
-            reauthorization_reminded_at: None,
-        };
+        let expiration = effective_expiration(request.expiration, now)?;
+        let candidate = Subscription::new(&request, &caller, target, expiration, now);
         admit(&sim, &mut state, &candidate)?;
         candidate
     };
@@ -122,9 +102,7 @@ pub(crate) async fn create(
     state.purge_expired(sim.now());
     // Another create may have won the race while the handshakes ran.
     admit(&sim, &mut state, &candidate)?;
-    state
-        .subscriptions
-        .insert(candidate.id.clone(), candidate.clone());
+    state.insert_subscription(candidate.clone());
     tracing::info!(subscription_id = %candidate.id, drive_id = %candidate.target.drive_id, "subscription created");
     Ok((StatusCode::CREATED, entity(&candidate)))
 }
@@ -155,8 +133,9 @@ pub(crate) async fn get_one(
     Ok(entity(find_visible(&mut state, &id, &caller)?))
 }
 
-/// `PATCH /subscriptions/{id}`: a new expiration and/or notificationUrl (§1.1). A new URL is
-/// validated first; on failure nothing changes. A PATCH also reauthorizes (§4); a new expiration
+/// `PATCH /subscriptions/{id}`: a new expiration and/or notificationUrl (§1.1). Only a new URL is
+/// validated (§2: a renewal carrying just `expirationDateTime` sends no handshake), and before
+/// anything changes; on failure nothing does. A PATCH also reauthorizes (§4); a new expiration
 /// restarts the automatic reauthorization schedule.
 pub(crate) async fn update(
     State(sim): State<Sim>,
@@ -189,7 +168,11 @@ pub(crate) async fn update(
         subscription.notification_url = url.given;
     }
     subscription.needs_reauthorization = false;
-    Ok(entity(subscription))
+    let body = entity(subscription);
+    if let Some(expiration) = expiration {
+        state.note_expiration(expiration);
+    }
+    Ok(body)
 }
 
 /// `DELETE /subscriptions/{id}` → 204; no notifications from then on.
