@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
@@ -414,17 +415,47 @@ fn the_notifications_queue_redrives_to_a_fifo_dead_letter_queue() {
 }
 
 #[test]
-fn the_queues_are_spelt_out_literally_for_the_local_bootstrap() {
+fn what_the_local_bootstrap_creates_is_spelt_out_literally() {
     let t = template();
-    assert!(t.get("Conditions").is_none() && t.get("Mappings").is_none());
-    for (id, queue) in resources_of(&t, "AWS::SQS::Queue") {
-        assert!(queue.get("Condition").is_none(), "{id} is conditional");
-        for intrinsic in ["Fn::If", "Fn::FindInMap", "Fn::ImportValue", "Fn::Select"] {
-            assert!(
-                !contains_key(&queue["Properties"], intrinsic),
-                "{id} uses {intrinsic}"
-            );
+    assert!(t.get("Mappings").is_none());
+    // The one condition decides whether the alarms get a topic of their own.
+    let conditions: BTreeSet<&str> = t["Conditions"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(conditions, BTreeSet::from(["CreateAlarmTopic"]));
+
+    // dev/local-stack's bootstrap creates these types, reading their properties literally.
+    for kind in [
+        "AWS::SQS::Queue",
+        "AWS::SecretsManager::Secret",
+        "AWS::DynamoDB::Table",
+        "AWS::KMS::Key",
+        "AWS::KMS::Alias",
+    ] {
+        for (id, resource) in resources_of(&t, kind) {
+            for intrinsic in ["Fn::If", "Fn::FindInMap", "Fn::ImportValue", "Fn::Select"] {
+                assert!(
+                    !contains_key(&resource["Properties"], intrinsic),
+                    "{id} uses {intrinsic}"
+                );
+            }
         }
+    }
+    // What the functions use is always there; only the alarm topic and its key are conditional.
+    for kind in [
+        "AWS::SQS::Queue",
+        "AWS::SecretsManager::Secret",
+        "AWS::DynamoDB::Table",
+    ] {
+        for (id, resource) in resources_of(&t, kind) {
+            assert!(resource.get("Condition").is_none(), "{id} is conditional");
+        }
+    }
+    for id in ["TokenKey", "TokenKeyAlias"] {
+        assert!(resource(&t, id).get("Condition").is_none(), "{id} is conditional");
     }
 }
 
@@ -502,7 +533,7 @@ fn pair(a: &str, b: &str) -> (String, String) {
 }
 
 #[test]
-fn the_table_is_keyed_by_pk_and_sk_with_the_expiry_index_and_ttl_on_demand() {
+fn the_table_is_keyed_by_pk_and_sk_with_the_expiry_and_walk_indexes_and_ttl_on_demand() {
     let t = template();
     assert_eq!(resource(&t, "Table")["Type"], "AWS::DynamoDB::Table");
     let table = properties(&t, "Table");
@@ -526,12 +557,18 @@ fn the_table_is_keyed_by_pk_and_sk_with_the_expiry_index_and_ttl_on_demand() {
             pair("pk", "S"),
             pair("sk", "S"),
             pair("gsi1pk", "S"),
-            pair("gsi1sk", "S")
+            pair("gsi1sk", "S"),
+            pair("gsi2pk", "S"),
+            pair("gsi2sk", "S"),
         ])
     );
 
     let indexes = as_list(&table["GlobalSecondaryIndexes"]);
-    assert_eq!(indexes.len(), 1);
+    let names: Vec<&str> = indexes
+        .iter()
+        .map(|i| i["IndexName"].as_str().expect("an index name"))
+        .collect();
+    assert_eq!(names, ["gsi1", "gsi2"]);
     let gsi1 = &indexes[0];
     assert_eq!(gsi1["IndexName"], "gsi1");
     assert_eq!(
@@ -714,6 +751,7 @@ fn outputs_name_the_notification_urls() {
             "ClientStateKeysSecretArn",
             "TableName",
             "TokenKeyArn",
+            "AlarmTopicArn",
         ])
     );
     for (name, output) in outputs {
@@ -1157,4 +1195,630 @@ fn the_changes_queue_is_high_throughput_fifo_kept_for_fourteen_days() {
             .any(|(action, resource, _)| action == "sqs:SendMessage" && *resource == changes);
         assert_eq!(sends, id == "ProcessChangesFunction", "{id}");
     }
+}
+
+// ---- renew -------------------------------------------------------------------------------------
+
+/// The period of an EventBridge rate expression: `rate(1 hour)`, `rate(15 minutes)`, `rate(2 days)`.
+fn rate_period(expression: &str) -> Duration {
+    let inner = expression
+        .strip_prefix("rate(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{expression:?} is not a rate expression"));
+    let (value, unit) = inner
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("{expression:?} is not rate(<value> <unit>)"));
+    let value: u64 = value
+        .parse()
+        .unwrap_or_else(|_| panic!("{expression:?}: {value:?} is not a whole number"));
+    // EventBridge wants the singular unit with 1 and the plural with more.
+    let unit_seconds = match (unit, value) {
+        ("minute", 1) | ("minutes", 2..) => 60,
+        ("hour", 1) | ("hours", 2..) => 3600,
+        ("day", 1) | ("days", 2..) => 86_400,
+        _ => panic!("{expression:?}: EventBridge refuses {value} {unit}"),
+    };
+    Duration::from_secs(value * unit_seconds)
+}
+
+/// A Number parameter's `(Default, MinValue, MaxValue)`.
+fn number_parameter(t: &Value, name: &str) -> (i64, i64, i64) {
+    let parameter = &t["Parameters"][name];
+    assert_eq!(parameter["Type"], "Number", "{name}");
+    let field = |field: &str| {
+        parameter[field]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{name} has no whole {field}"))
+    };
+    (field("Default"), field("MinValue"), field("MaxValue"))
+}
+
+#[test]
+fn rate_expressions_parse_as_eventbridge_reads_them() {
+    assert_eq!(rate_period("rate(1 hour)"), Duration::from_secs(3600));
+    assert_eq!(rate_period("rate(15 minutes)"), Duration::from_secs(900));
+    assert_eq!(rate_period("rate(2 days)"), Duration::from_secs(172_800));
+    for refused in [
+        "rate(1 hours)",
+        "rate(2 hour)",
+        "rate(0 minutes)",
+        "cron(0 * * * ? *)",
+    ] {
+        assert!(
+            std::panic::catch_unwind(|| rate_period(refused)).is_err(),
+            "{refused} parsed"
+        );
+    }
+}
+
+#[test]
+fn renew_runs_one_at_a_time_for_up_to_five_minutes_and_lambda_does_not_retry_a_failed_run() {
+    let t = template();
+    let function = resource(&t, "RenewFunction");
+    assert_eq!(function["Type"], "AWS::Serverless::Function");
+    assert_eq!(function["Metadata"]["BuildMethod"], "rust-cargolambda");
+    assert_eq!(function["Metadata"]["BuildProperties"]["Binary"], "renew");
+    let renew = properties(&t, "RenewFunction");
+    assert_eq!(renew["CodeUri"], "functions/renew");
+    assert_eq!(effective(&t, "RenewFunction", "Timeout"), 300);
+    assert_eq!(effective(&t, "RenewFunction", "MemorySize"), 256);
+    // Two runs at once would PATCH the same subscriptions twice.
+    assert_eq!(renew["ReservedConcurrentExecutions"], 1);
+    // The next scheduled run is the retry: one run is one invocation.
+    assert_eq!(renew["EventInvokeConfig"]["MaximumRetryAttempts"], 0);
+    assert!(renew.get("Role").is_none() && renew.get("PermissionsBoundary").is_none());
+}
+
+#[test]
+fn renew_runs_hourly_on_an_enabled_schedule_and_sees_each_subscription_72_times_before_it_lapses() {
+    let t = template();
+    let events = properties(&t, "RenewFunction")["Events"]
+        .as_object()
+        .expect("renew has events");
+    assert_eq!(events.len(), 1, "only its schedule invokes renew");
+    let event = events.values().next().expect("an event");
+    assert_eq!(event["Type"], "Schedule", "an EventBridge rule");
+    assert_eq!(event["Properties"]["Enabled"], true);
+    // A literal rate expression: the local stack reads its period from here.
+    let expression = event["Properties"]["Schedule"]
+        .as_str()
+        .expect("a literal rate expression");
+    let period = rate_period(expression);
+    assert_eq!(period, Duration::from_secs(3600));
+    // The renew alarms count in hours; renew's one reserved execution would throttle runs that
+    // come closer than its timeout.
+    let timeout = effective(&t, "RenewFunction", "Timeout")
+        .as_u64()
+        .expect("a timeout");
+    assert!(period > Duration::from_secs(timeout));
+
+    // Renewal starts RenewWindowMinutes before expiry: that many hourly runs see a subscription.
+    let window = Duration::from_secs(60 * number_behind(&t, &reference("RenewWindowMinutes")) as u64);
+    let runs = window.as_secs() / period.as_secs();
+    assert_eq!(runs, 72);
+}
+
+#[test]
+fn renews_limits_default_to_a_72_hour_window_32_calls_in_flight_and_200_calls_a_second() {
+    let t = template();
+    let window = number_parameter(&t, "RenewWindowMinutes");
+    assert_eq!(window, (4320, 60, 40_000));
+    // Under a drive subscription's 42,300-minute life, or every run renews everything.
+    assert!(window.2 < 42_300);
+    assert_eq!(number_parameter(&t, "RenewConcurrency"), (32, 1, 256));
+    let rate = number_parameter(&t, "RenewMaxPerSecond");
+    assert_eq!(rate, (200, 1, 250));
+    // Graph: 5,000 subscription calls per 20 s per app, all tenants together.
+    assert_eq!(rate.2, 5_000 / 20);
+    let description = t["Parameters"]["RenewMaxPerSecond"]["Description"]
+        .as_str()
+        .expect("a description");
+    for needed in ["5,000", "250/s", "graph-protocol.md §1.5"] {
+        assert!(description.contains(needed), "{description}");
+    }
+}
+
+#[test]
+fn renew_is_told_its_table_key_queue_secrets_urls_and_limits_by_environment() {
+    let t = template();
+    let variables = properties(&t, "RenewFunction")["Environment"]["Variables"].clone();
+    // A recreated subscription points Graph at the routes notify serves, as process-changes' does.
+    let outputs = &t["Outputs"];
+    assert_eq!(variables["NOTIFICATION_URL"], outputs["NotificationUrl"]["Value"]);
+    assert_eq!(
+        variables["LIFECYCLE_NOTIFICATION_URL"],
+        outputs["LifecycleNotificationUrl"]["Value"]
+    );
+    let base = "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}";
+    let expected = json!({
+        "TABLE_NAME": reference("Table"),
+        "KMS_KEY_ID": arn_of("TokenKey"),
+        "NOTIFICATIONS_QUEUE_URL": reference("NotificationsQueue"),
+        "ENTRA_TENANT_ID": reference("EntraTenantId"),
+        "ENTRA_CLIENT_ID": reference("EntraClientId"),
+        "ENTRA_CLIENT_SECRET_ARN": reference("EntraClientSecretSecret"),
+        "CLIENT_STATE_KEYS_SECRET_ARN": reference("ClientStateKeysSecret"),
+        "NOTIFICATION_URL": sub(&format!("{base}/notifications")),
+        "LIFECYCLE_NOTIFICATION_URL": sub(&format!("{base}/lifecycle")),
+        "RENEW_WINDOW_MINUTES": reference("RenewWindowMinutes"),
+        "RENEW_CONCURRENCY": reference("RenewConcurrency"),
+        "RENEW_MAX_PER_SECOND": reference("RenewMaxPerSecond"),
+        "RUST_LOG": "info",
+    });
+    assert_eq!(variables, expected);
+    // A reconnect inside the window renews, as renew would: one window for both.
+    assert_eq!(
+        properties(&t, "ConnectFunction")["Environment"]["Variables"]["RENEW_WINDOW_MINUTES"],
+        reference("RenewWindowMinutes")
+    );
+}
+
+#[test]
+fn renew_may_touch_only_its_items_both_indexes_the_token_key_the_notifications_queue_and_its_secrets() {
+    let t = template();
+    let none = Value::Null.to_string();
+    // Drive state, subscriptions and the safety-net marker (DRIVE#), the token it reseals
+    // (USER#) and the tenant throttle (TENANT#): never an item index, staged page or change log.
+    let own_items = json!({
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["USER#*", "DRIVE#*", "TENANT#*"]}
+    })
+    .to_string();
+    let purpose = json!({
+        "StringEquals": {"kms:EncryptionContext:graphfeed:purpose": "refresh-token"},
+        "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["graphfeed:tenant", "graphfeed:user", "graphfeed:purpose"]}
+    })
+    .to_string();
+    let mut expected: BTreeSet<(String, String, String)> = BTreeSet::new();
+    let mut grant = |action: &str, resource: Value, condition: &str| {
+        expected.insert((action.to_owned(), resource.to_string(), condition.to_owned()));
+    };
+    for action in [
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:Query",
+    ] {
+        grant(action, arn_of("Table"), &own_items);
+    }
+    // The indexes' partition keys are EXP#n and WALK#n: the table's condition cannot apply.
+    grant("dynamodb:Query", sub("${Table.Arn}/index/gsi1"), &none);
+    grant("dynamodb:Query", sub("${Table.Arn}/index/gsi2"), &none);
+    grant("kms:GenerateDataKey", arn_of("TokenKey"), &purpose);
+    grant("kms:Decrypt", arn_of("TokenKey"), &purpose);
+    // Catch-up and safety-net walks: the notifications queue only.
+    grant("sqs:SendMessage", arn_of("NotificationsQueue"), &none);
+    grant(
+        "secretsmanager:GetSecretValue",
+        reference("ClientStateKeysSecret"),
+        &none,
+    );
+    grant(
+        "secretsmanager:GetSecretValue",
+        reference("EntraClientSecretSecret"),
+        &none,
+    );
+    let grants = grants_of(&t, "RenewFunction");
+    assert_eq!(grants, expected);
+
+    // Exactly connect's grant on the token key.
+    let kms = |grants: BTreeSet<(String, String, String)>| -> BTreeSet<(String, String, String)> {
+        grants
+            .into_iter()
+            .filter(|(action, _, _)| action.starts_with("kms:"))
+            .collect()
+    };
+    assert_eq!(kms(grants), kms(grants_of(&t, "ConnectFunction")));
+}
+
+#[test]
+fn no_function_may_use_a_wildcard_action_or_resource() {
+    let t = template();
+    for (id, _) in resources_of(&t, "AWS::Serverless::Function") {
+        for (action, resource, _) in grants_of(&t, id) {
+            assert!(!action.contains('*'), "{id} may {action}");
+            assert!(!resource.contains('*'), "{id} may {action} on {resource}");
+        }
+    }
+}
+
+#[test]
+fn the_walk_index_is_keyed_by_shard_and_hour_and_projects_keys_only() {
+    let t = template();
+    let indexes = as_list(&properties(&t, "Table")["GlobalSecondaryIndexes"]);
+    let gsi2 = indexes
+        .iter()
+        .find(|index| index["IndexName"] == "gsi2")
+        .expect("the walk index gsi2");
+    assert_eq!(
+        key_schema(gsi2),
+        [pair("gsi2pk", "HASH"), pair("gsi2sk", "RANGE")]
+    );
+    // A drive-state write that leaves the hour alone then costs no index write.
+    assert_eq!(gsi2["Projection"], json!({ "ProjectionType": "KEYS_ONLY" }));
+    assert!(gsi2.get("ProvisionedThroughput").is_none());
+}
+
+// ---- alarms -------------------------------------------------------------------------------------
+
+/// What an alarm watches, and when it fires.
+struct ExpectedAlarm {
+    id: &'static str,
+    namespace: &'static str,
+    metric: &'static str,
+    dimension: (&'static str, Value),
+    statistic: &'static str,
+    period: i64,
+    evaluation_periods: i64,
+    datapoints_to_alarm: Option<i64>,
+    threshold: f64,
+    comparison: &'static str,
+    missing_data: &'static str,
+}
+
+/// The functions' own metrics: embedded metric format, namespace `graphfeed`, one dimension
+/// `Function` naming the function.
+fn graphfeed(function: &str) -> (&'static str, Value) {
+    assert!(
+        ["notify", "connect", "process-changes", "renew"].contains(&function),
+        "no function {function} emits metrics"
+    );
+    ("Function", json!(function))
+}
+
+fn expected_alarms() -> Vec<ExpectedAlarm> {
+    let renew_function = ("FunctionName", reference("RenewFunction"));
+    vec![
+        ExpectedAlarm {
+            id: "DeadLetterQueueNotEmptyAlarm",
+            namespace: "AWS/SQS",
+            metric: "ApproximateNumberOfMessagesVisible",
+            dimension: (
+                "QueueName",
+                json!({ "Fn::GetAtt": ["NotificationsDeadLetterQueue", "QueueName"] }),
+            ),
+            statistic: "Maximum",
+            period: 300,
+            evaluation_periods: 1,
+            datapoints_to_alarm: None,
+            threshold: 0.0,
+            comparison: "GreaterThanThreshold",
+            missing_data: "notBreaching",
+        },
+        ExpectedAlarm {
+            id: "RenewFailuresAlarm",
+            namespace: "graphfeed",
+            metric: "RenewalsFailed",
+            dimension: graphfeed("renew"),
+            statistic: "Sum",
+            period: 3600,
+            // One transient failure does not page; two failed runs do.
+            evaluation_periods: 3,
+            datapoints_to_alarm: Some(2),
+            threshold: 0.0,
+            comparison: "GreaterThanThreshold",
+            missing_data: "notBreaching",
+        },
+        ExpectedAlarm {
+            id: "SubscriptionExpiryAlarm",
+            namespace: "graphfeed",
+            metric: "MinTimeToExpirySeconds",
+            dimension: graphfeed("renew"),
+            statistic: "Minimum",
+            period: 3600,
+            evaluation_periods: 1,
+            datapoints_to_alarm: None,
+            threshold: 86_400.0,
+            comparison: "LessThanThreshold",
+            missing_data: "notBreaching",
+        },
+        ExpectedAlarm {
+            id: "RenewNotRunningAlarm",
+            namespace: "AWS/Lambda",
+            metric: "Invocations",
+            dimension: renew_function.clone(),
+            statistic: "Sum",
+            period: 3600,
+            evaluation_periods: 2,
+            datapoints_to_alarm: None,
+            threshold: 1.0,
+            comparison: "LessThanThreshold",
+            // No invocation means no data point at all: that silence is what this alarm is for.
+            missing_data: "breaching",
+        },
+        ExpectedAlarm {
+            id: "RenewErrorsAlarm",
+            namespace: "AWS/Lambda",
+            metric: "Errors",
+            dimension: renew_function,
+            statistic: "Sum",
+            period: 3600,
+            evaluation_periods: 1,
+            datapoints_to_alarm: None,
+            threshold: 0.0,
+            comparison: "GreaterThanThreshold",
+            missing_data: "notBreaching",
+        },
+        ExpectedAlarm {
+            id: "ClientStateRejectionsAlarm",
+            namespace: "graphfeed",
+            metric: "NotificationsRejectedClientState",
+            dimension: graphfeed("notify"),
+            statistic: "Sum",
+            period: 300,
+            evaluation_periods: 1,
+            datapoints_to_alarm: None,
+            threshold: 10.0,
+            comparison: "GreaterThanOrEqualToThreshold",
+            missing_data: "notBreaching",
+        },
+        ExpectedAlarm {
+            id: "ProcessChangesErrorsAlarm",
+            namespace: "graphfeed",
+            metric: "WalkFailures",
+            dimension: graphfeed("process-changes"),
+            statistic: "Sum",
+            period: 900,
+            evaluation_periods: 1,
+            datapoints_to_alarm: None,
+            threshold: 50.0,
+            comparison: "GreaterThanThreshold",
+            missing_data: "notBreaching",
+        },
+    ]
+}
+
+/// Where every alarm sends: the given topic, or the stack's own when none is given.
+fn alarm_topic() -> Value {
+    json!({ "Fn::If": ["CreateAlarmTopic", reference("AlarmTopic"), reference("AlarmTopicArn")] })
+}
+
+#[test]
+fn every_alarm_watches_the_metric_its_function_emits_and_fires_when_it_should() {
+    let t = template();
+    let alarms: BTreeSet<&str> = resources_of(&t, "AWS::CloudWatch::Alarm")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let expected = expected_alarms();
+    assert_eq!(alarms, expected.iter().map(|a| a.id).collect::<BTreeSet<_>>());
+    for want in expected {
+        let id = want.id;
+        let alarm = properties(&t, id);
+        assert_eq!(alarm["Namespace"], want.namespace, "{id}");
+        assert_eq!(alarm["MetricName"], want.metric, "{id}");
+        assert_eq!(
+            alarm["Dimensions"],
+            json!([{ "Name": want.dimension.0, "Value": want.dimension.1 }]),
+            "{id}"
+        );
+        assert_eq!(alarm["Statistic"], want.statistic, "{id}");
+        assert_eq!(alarm["Period"], want.period, "{id}");
+        assert_eq!(alarm["EvaluationPeriods"], want.evaluation_periods, "{id}");
+        assert_eq!(
+            alarm["DatapointsToAlarm"].as_i64(),
+            want.datapoints_to_alarm,
+            "{id}"
+        );
+        assert_eq!(alarm["Threshold"].as_f64(), Some(want.threshold), "{id}");
+        assert_eq!(alarm["ComparisonOperator"], want.comparison, "{id}");
+        assert_eq!(alarm["TreatMissingData"], want.missing_data, "{id}");
+        assert!(alarm.get("Metrics").is_none(), "{id}: one metric, no math");
+    }
+}
+
+#[test]
+fn every_alarm_notifies_the_alarm_topic_on_alarm_and_on_ok_and_says_where_to_look() {
+    let t = template();
+    let operations = std::fs::read_to_string(repository_root().join("docs/operations.md"))
+        .expect("docs/operations.md is readable");
+    for (id, _) in resources_of(&t, "AWS::CloudWatch::Alarm") {
+        let alarm = properties(&t, id);
+        assert_eq!(alarm["AlarmActions"], json!([alarm_topic()]), "{id}");
+        assert_eq!(alarm["OKActions"], json!([alarm_topic()]), "{id}");
+        assert!(alarm.get("InsufficientDataActions").is_none(), "{id}");
+        assert!(alarm.get("ActionsEnabled").is_none_or(|e| e == true), "{id}");
+
+        // The description says what it means and points at the runbook's section for it.
+        let description = alarm["AlarmDescription"].as_str().expect("a description");
+        assert!(
+            description.len() <= 1024,
+            "{id}: CloudWatch keeps 1024 characters"
+        );
+        let name = id.strip_suffix("Alarm").expect("named ...Alarm");
+        assert!(
+            description.contains(&format!("docs/operations.md, \"{name}\"")),
+            "{id}: {description}"
+        );
+        assert!(
+            operations.lines().any(|line| line == format!("### {name}")),
+            "docs/operations.md has no section ### {name}"
+        );
+    }
+}
+
+/// References to `guarded` resources outside the true branch of an `Fn::If` on `condition`.
+fn unguarded_references(value: &Value, condition: &str, guarded: &BTreeSet<&str>, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(arguments)) = map.get("Fn::If")
+                && arguments.first() == Some(&json!(condition))
+            {
+                // The true branch exists only with the resources; the false branch must not name them.
+                if let Some(otherwise) = arguments.get(2) {
+                    unguarded_references(otherwise, condition, guarded, found);
+                }
+                return;
+            }
+            if let Some(Value::String(id)) = map.get("Ref")
+                && guarded.contains(id.as_str())
+            {
+                found.push(id.clone());
+            }
+            if let Some(Value::Array(parts)) = map.get("Fn::GetAtt")
+                && let Some(Value::String(id)) = parts.first()
+                && guarded.contains(id.as_str())
+            {
+                found.push(id.clone());
+            }
+            if let Some(Value::String(text)) = map.get("Fn::Sub") {
+                for id in guarded {
+                    if text.contains(&format!("${{{id}}}")) || text.contains(&format!("${{{id}.")) {
+                        found.push((*id).to_owned());
+                    }
+                }
+            }
+            for nested in map.values() {
+                unguarded_references(nested, condition, guarded, found);
+            }
+        }
+        Value::Array(items) => {
+            for nested in items {
+                unguarded_references(nested, condition, guarded, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_alarm_topic_is_created_only_when_no_topic_is_given_and_both_branches_resolve() {
+    let t = template();
+    let parameter = &t["Parameters"]["AlarmTopicArn"];
+    assert_eq!(parameter["Type"], "String");
+    assert_eq!(parameter["Default"], "");
+    assert_eq!(
+        t["Conditions"]["CreateAlarmTopic"],
+        json!({ "Fn::Equals": [reference("AlarmTopicArn"), ""] })
+    );
+
+    // The topic and its key exist exactly when no topic is given.
+    let conditional: BTreeSet<&str> = t["Resources"]
+        .as_object()
+        .expect("Resources")
+        .iter()
+        .filter(|(_, r)| r.get("Condition").is_some())
+        .map(|(id, r)| {
+            assert_eq!(r["Condition"], "CreateAlarmTopic", "{id}");
+            id.as_str()
+        })
+        .collect();
+    assert_eq!(
+        conditional,
+        BTreeSet::from(["AlarmTopic", "AlarmTopicKey", "AlarmTopicKeyAlias"])
+    );
+    assert_eq!(resource(&t, "AlarmTopic")["Type"], "AWS::SNS::Topic");
+
+    // Whatever the condition, nothing names a resource that is not there: the alarms and the
+    // output reach the topic only through the Fn::If whose false branch is the parameter.
+    for (section, owners) in [("Resources", &t["Resources"]), ("Outputs", &t["Outputs"])] {
+        for (id, owner) in owners.as_object().expect("a section") {
+            if owner.get("Condition") == Some(&json!("CreateAlarmTopic")) {
+                continue;
+            }
+            let mut found = Vec::new();
+            unguarded_references(owner, "CreateAlarmTopic", &conditional, &mut found);
+            assert!(found.is_empty(), "{section}.{id} names {found:?} unconditionally");
+        }
+    }
+    assert_eq!(t["Outputs"]["AlarmTopicArn"]["Value"], alarm_topic());
+}
+
+#[test]
+fn the_alarm_topic_is_encrypted_under_a_rotated_key_that_cloudwatch_may_use() {
+    let t = template();
+    let topic = properties(&t, "AlarmTopic");
+    // Not the AWS managed alias/aws/sns: CloudWatch may not use it, and no alarm would arrive.
+    assert_eq!(topic["KmsMasterKeyId"], arn_of("AlarmTopicKey"));
+
+    assert_eq!(resource(&t, "AlarmTopicKey")["Type"], "AWS::KMS::Key");
+    let key = properties(&t, "AlarmTopicKey");
+    assert_eq!(key["EnableKeyRotation"], true);
+    assert_eq!(key["KeySpec"], "SYMMETRIC_DEFAULT");
+    let allows: Vec<Value> = as_list(&key["KeyPolicy"]["Statement"])
+        .into_iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .collect();
+    assert_eq!(allows.len(), 2);
+    assert_eq!(
+        allows[0]["Principal"],
+        json!({ "AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root") })
+    );
+    let cloudwatch = &allows[1];
+    assert_eq!(
+        cloudwatch["Principal"],
+        json!({ "Service": "cloudwatch.amazonaws.com" })
+    );
+    assert_eq!(
+        cloudwatch["Action"],
+        json!(["kms:Decrypt", "kms:GenerateDataKey*"])
+    );
+    // For this account's alarms only.
+    assert_eq!(
+        cloudwatch["Condition"],
+        json!({ "StringEquals": { "aws:SourceAccount": reference("AWS::AccountId") } })
+    );
+
+    let alias = properties(&t, "AlarmTopicKeyAlias");
+    assert_eq!(alias["AliasName"], sub("alias/${AWS::StackName}-alarms"));
+    assert_eq!(alias["TargetKeyId"], reference("AlarmTopicKey"));
+}
+
+// ---- production defaults ------------------------------------------------------------------------
+
+#[test]
+fn every_kms_key_rotates_its_material() {
+    let t = template();
+    let keys = resources_of(&t, "AWS::KMS::Key");
+    assert!(keys.len() >= 2);
+    for (id, _) in keys {
+        assert_eq!(properties(&t, id)["EnableKeyRotation"], true, "{id}");
+    }
+}
+
+#[test]
+fn every_user_route_is_throttled_far_below_graphs_routes() {
+    let t = template();
+    let api = properties(&t, "HttpApi");
+    // Every route but Graph's (notify's) is a user route, /connect today: each carries its own,
+    // tighter limits (a user's token costs an OBO exchange and a KMS call).
+    let mut user_routes = BTreeSet::new();
+    for (id, _) in resources_of(&t, "AWS::Serverless::Function") {
+        if id == "NotifyFunction" {
+            continue;
+        }
+        for event in properties(&t, id)["Events"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, event)| event)
+            .filter(|event| event["Type"] == "HttpApi")
+        {
+            let p = &event["Properties"];
+            user_routes.insert(format!(
+                "{} {}",
+                p["Method"].as_str().expect("a method"),
+                p["Path"].as_str().expect("a path")
+            ));
+        }
+    }
+    assert!(user_routes.contains("POST /connect"));
+    let settings = api["RouteSettings"].as_object().expect("RouteSettings");
+    assert_eq!(settings.keys().cloned().collect::<BTreeSet<_>>(), user_routes);
+    for (route, setting) in settings {
+        assert_eq!(
+            setting["ThrottlingRateLimit"],
+            reference("UserApiThrottleRate"),
+            "{route}"
+        );
+        assert_eq!(
+            setting["ThrottlingBurstLimit"],
+            reference("UserApiThrottleRate"),
+            "{route}"
+        );
+    }
+    let user = number_behind(&t, &reference("UserApiThrottleRate"));
+    let graph = number_behind(&t, &api["DefaultRouteSettings"]["ThrottlingRateLimit"]);
+    assert_eq!(user, 20);
+    assert!(user * 10 <= graph, "user routes {user}/s, Graph's {graph}/s");
 }
