@@ -86,6 +86,11 @@ bench-walk: venv ## the walker: a 100,000-item drive from graph-sim (own process
 	$(CARGO) build --release -p graph-sim
 	$(CARGO) bench -p graphfeed-tests --bench walk
 
+.PHONY: bench-renew
+bench-renew: venv ## renew: 10,000 due subscriptions against graph-sim (own process, +50 ms per call), time and peak memory; AWS calls per renewal (moto)
+	$(CARGO) build --release -p graph-sim
+	$(CARGO) bench -p graphfeed-tests --bench renew
+
 .PHONY: bench-connect
 bench-connect: venv ## connect's in-process latency against graph-sim and moto, and KMS calls per connect
 	$(CARGO) bench -p graphfeed-tests --bench connect

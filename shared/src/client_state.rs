@@ -219,6 +219,11 @@ impl KeyRing {
         self.retired.contains(id)
     }
 
+    /// Whether any key is retired (renew then replaces the subscriptions made with one).
+    pub fn has_retired(&self) -> bool {
+        !self.retired.is_empty()
+    }
+
     pub fn contains(&self, id: &KeyId) -> bool {
         self.keys.contains_key(id)
     }

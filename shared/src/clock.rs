@@ -66,6 +66,13 @@ pub fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
 
+/// An invocation's deadline (the Lambda runtime gives epoch milliseconds, by the wall clock) as
+/// an `Instant`.
+pub fn deadline_from_epoch_ms(deadline_ms: u64) -> std::time::Instant {
+    let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+    std::time::Instant::now() + std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,8 @@ pub struct Connector {
     pub keys: Arc<KeyStore>,
     pub clock: SharedClock,
     pub renew_window: Duration,
+    /// See [`Subscriptions::jitter`].
+    pub jitter: Duration,
 }
 
 impl Connector {
@@ -103,6 +105,7 @@ impl Connector {
             keys: &self.keys,
             clock: &self.clock,
             renew_window: self.renew_window,
+            jitter: self.jitter,
         }
     }
 
@@ -132,8 +135,14 @@ impl Connector {
                 self.store.create_user(user, &fresh).await?
             }
         };
-        let (state, reauthorized) =
-            begin_connection(self.store.as_ref(), &record.drive_key, user, &drive.id).await?;
+        let (state, reauthorized) = begin_connection(
+            self.store.as_ref(),
+            &record.drive_key,
+            user,
+            &drive.id,
+            self.clock.now(),
+        )
+        .await?;
         let subscription = self
             .subscriptions()
             .ensure(
@@ -273,22 +282,22 @@ impl Connector {
         let subscription = self.store.subscription(&record.drive_key).await?;
         Ok(Status {
             state: drive.state,
+            reason: drive.reason,
             drive_id: drive.drive_id,
             subscription_id: subscription.as_ref().map(|s| s.subscription_id.clone()),
             expires_at: subscription.map(|s| s.expires_at),
             last_walk_completed_at: drive.last_walk_completed_at,
-            needs_reauth: drive.state == DriveStatus::NeedsReauth,
         })
     }
 }
 
-/// What `GET /connect` shows.
+/// What `GET /connect` shows: the drive's one state field and, for a subscription state, why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
     pub state: DriveStatus,
+    pub reason: Option<String>,
     pub drive_id: String,
     pub subscription_id: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_walk_completed_at: Option<DateTime<Utc>>,
-    pub needs_reauth: bool,
 }

@@ -72,6 +72,17 @@ impl GraphError {
         }
     }
 
+    /// Graph's subscription quota (graph-protocol.md §1.5): a 403 whose message says "Maximum
+    /// number of subscriptions has been reached".
+    pub fn is_subscription_quota(&self) -> bool {
+        match self {
+            Self::Api { status, message, .. } => {
+                *status == 403 && message.contains("Maximum number of subscriptions")
+            }
+            _ => false,
+        }
+    }
+
     /// How long Graph asked us to wait (`Retry-After`, in seconds).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

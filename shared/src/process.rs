@@ -277,7 +277,14 @@ impl Processor {
                             match e {
                                 LifecycleError::NeedsReauth => {
                                     counts.needs_reauth += 1;
-                                    if let Err(e) = self.walker.mark_needs_reauth(state.clone()).await {
+                                    if let Err(e) = self
+                                        .walker
+                                        .mark_needs_reauth(
+                                            state.clone(),
+                                            "the subscription could not be renewed without the user",
+                                        )
+                                        .await
+                                    {
                                         return self.failed(drive_key, &e, receives);
                                     }
                                     return DriveResult::Done;

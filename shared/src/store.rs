@@ -37,17 +37,37 @@ pub struct UserRecord {
     pub created_at: DateTime<Utc>,
 }
 
-/// Where a drive's connection stands.
+/// Where a drive's connection stands: the one state field (`GET /connect` shows it).
+///
+/// Two kinds of state share it. Walk states (`baseline_pending`, `active`, `resyncing`) follow
+/// the walker. Subscription states (`renewing`, `expired`, `needs_reauth`) are set by renewals
+/// and outrank them: a walk leaves them as they are, and only a successful renewal (or, for
+/// `needs_reauth`, the user connecting again) clears them. `disconnected` is the tombstone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DriveStatus {
     /// Connected; the processor has not stored a deltaLink yet.
     BaselinePending,
     Active,
+    /// The subscription is due and its last renewal failed for a reason that may pass (Graph
+    /// unavailable or throttling); renew tries again on its next runs, before it expires.
+    Renewing,
+    /// Graph has no live subscription for the drive (it lapsed, or recreating it failed, e.g.
+    /// on the subscription quota): notifications do not arrive. renew tries to recreate it on
+    /// every run; the daily safety-net walk still finds changes.
+    Expired,
+    /// Only the user can fix it: their refresh token was refused (`POST /connect` again).
     NeedsReauth,
     Resyncing,
     /// The tombstone: disconnected; the generation and sequence high-water mark are kept.
     Disconnected,
+}
+
+impl DriveStatus {
+    /// A subscription state: set by renewals, kept by walks.
+    pub fn is_subscription_state(self) -> bool {
+        matches!(self, Self::Renewing | Self::Expired | Self::NeedsReauth)
+    }
 }
 
 /// A drive's state (pk `DRIVE#<drive key>`, sk `STATE`).
@@ -72,6 +92,12 @@ pub struct DriveState {
     /// The walk under way, if any (process-changes resumes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
+    /// When this generation was connected (the safety net's clock before a first walk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<DateTime<Utc>>,
+    /// Why the drive is in a subscription state, for a person (`GET /connect` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub version: u64,
 }
 
@@ -153,8 +179,45 @@ impl DriveState {
             last_walk_completed_at: None,
             last_walk_started_at: None,
             checkpoint: None,
+            connected_at: None,
+            reason: None,
             version: 1,
         }
+    }
+
+    /// The state the walk's progress alone gives: `resyncing` during a resync, `baseline_pending`
+    /// before the first deltaLink, else `active`.
+    pub fn walk_status(&self) -> DriveStatus {
+        if self
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.mode == WalkMode::Resync)
+        {
+            DriveStatus::Resyncing
+        } else if self.delta_link.is_none() {
+            DriveStatus::BaselinePending
+        } else {
+            DriveStatus::Active
+        }
+    }
+
+    /// `status` unless the drive is in a subscription state, which a walk does not change.
+    pub fn after_walk(&self, status: DriveStatus) -> DriveStatus {
+        if self.state.is_subscription_state() {
+            self.state
+        } else {
+            status
+        }
+    }
+
+    /// Whether the safety net may walk the drive: connected, and not waiting for its user.
+    pub fn walkable(&self) -> bool {
+        !matches!(self.state, DriveStatus::Disconnected | DriveStatus::NeedsReauth)
+    }
+
+    /// When the safety net's 24 hours started: the last completed walk, else the connection.
+    pub fn last_seen_at(&self) -> Option<DateTime<Utc>> {
+        self.last_walk_completed_at.or(self.connected_at)
     }
 }
 
@@ -169,17 +232,56 @@ pub struct SubscriptionRecord {
     pub key_id: String,
     pub resource: String,
     pub generation: u64,
+    /// Left out of the expiry index while the drive needs its user (renew cannot renew it, and
+    /// it must not hold down the fleet's minimum time to expiry); a reconnect renews and unparks it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
+    /// Renewal attempts that failed in a row (reset by a success).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// No renewal attempt before this (the backoff after a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
     pub version: u64,
 }
 
-/// The expiry index's shard count: subscriptions spread over this many partition keys.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The shard count of both fleet indexes: subscriptions by expiry and drives by last walk
+/// spread over this many partition keys.
 pub const EXPIRY_SHARDS: u8 = 16;
+
+/// The shard (0..[`EXPIRY_SHARDS`]) a drive's index entries are on: its key's first byte.
+pub fn shard_of(drive_key: &DriveKey) -> u8 {
+    drive_key.as_bytes()[0] % EXPIRY_SHARDS
+}
 
 impl SubscriptionRecord {
     /// `EXP#<shard>`: the drive key's first byte picks one of [`EXPIRY_SHARDS`] partitions.
     pub fn expiry_shard(&self) -> String {
-        format!("EXP#{}", self.drive_key.as_bytes()[0] % EXPIRY_SHARDS)
+        format!("EXP#{}", shard_of(&self.drive_key))
     }
+
+    /// The expiry index's sort key: `<expires_at RFC 3339>#<drive key>`.
+    pub fn expiry_sort_key(&self) -> String {
+        format!(
+            "{}#{}",
+            self.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.drive_key
+        )
+    }
+}
+
+/// The walk index's sort key for a drive: `<hour of its last completed walk (or connection)>#<drive key>`.
+/// By the hour, so a drive walked many times an hour moves in the index at most once an hour.
+pub fn walk_sort_key(drive_key: &DriveKey, at: Option<DateTime<Utc>>) -> String {
+    let hour = at.map_or_else(
+        || "0000-00-00T00".to_owned(),
+        |t| t.format("%Y-%m-%dT%H").to_string(),
+    );
+    format!("{hour}#{drive_key}")
 }
 
 /// The connection-state port.
@@ -208,8 +310,8 @@ pub trait ConnectionStore: Send + Sync {
 
 /// The DynamoDB adapter.
 pub struct DynamoStore {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
+    pub(crate) client: aws_sdk_dynamodb::Client,
+    pub(crate) table: String,
 }
 
 impl DynamoStore {
@@ -225,11 +327,11 @@ fn user_pk(user: &UserKey) -> String {
     format!("USER#{user}")
 }
 
-fn drive_pk(drive_key: &DriveKey) -> String {
+pub(crate) fn drive_pk(drive_key: &DriveKey) -> String {
     format!("DRIVE#{drive_key}")
 }
 
-fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
+pub(crate) fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([
         ("pk".to_owned(), AttributeValue::S(pk)),
         ("sk".to_owned(), AttributeValue::S(sk.to_owned())),
@@ -264,7 +366,9 @@ fn to_item<T: Serialize>(
     Ok(item)
 }
 
-fn from_item<T: for<'de> Deserialize<'de>>(item: HashMap<String, AttributeValue>) -> Result<T, StoreError> {
+pub(crate) fn from_item<T: for<'de> Deserialize<'de>>(
+    item: HashMap<String, AttributeValue>,
+) -> Result<T, StoreError> {
     serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -347,7 +451,18 @@ impl ConnectionStore for DynamoStore {
 
     fn put_drive<'a>(&'a self, next: &'a DriveState) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let item = to_item(next, drive_pk(&next.drive_key), "STATE", "drive")?;
+            let mut item = to_item(next, drive_pk(&next.drive_key), "STATE", "drive")?;
+            // The walk index (gsi2, sparse): only drives the safety net may walk.
+            if next.walkable() {
+                item.insert(
+                    "gsi2pk".into(),
+                    AttributeValue::S(format!("WALK#{}", shard_of(&next.drive_key))),
+                );
+                item.insert(
+                    "gsi2sk".into(),
+                    AttributeValue::S(walk_sort_key(&next.drive_key, next.last_seen_at())),
+                );
+            }
             self.put_versioned(item, next.version).await
         })
     }
@@ -363,15 +478,11 @@ impl ConnectionStore for DynamoStore {
     fn put_subscription<'a>(&'a self, next: &'a SubscriptionRecord) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut item = to_item(next, drive_pk(&next.drive_key), "SUB", "subscription")?;
-            item.insert("gsi1pk".into(), AttributeValue::S(next.expiry_shard()));
-            item.insert(
-                "gsi1sk".into(),
-                AttributeValue::S(format!(
-                    "{}#{}",
-                    next.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    next.drive_key
-                )),
-            );
+            // The expiry index (gsi1): every subscription renew is responsible for.
+            if !next.parked {
+                item.insert("gsi1pk".into(), AttributeValue::S(next.expiry_shard()));
+                item.insert("gsi1sk".into(), AttributeValue::S(next.expiry_sort_key()));
+            }
             self.put_versioned(item, next.version).await
         })
     }
@@ -400,11 +511,15 @@ pub async fn begin_connection(
     drive_key: &DriveKey,
     user: &UserKey,
     drive_id: &str,
+    now: DateTime<Utc>,
 ) -> Result<(DriveState, bool), StoreError> {
     for _ in 0..4 {
         let (next, reauthorized) = match store.drive(drive_key).await? {
             None => (
-                DriveState::first(*drive_key, user.tenant.as_str(), user.object.as_str(), drive_id),
+                DriveState {
+                    connected_at: Some(now),
+                    ..DriveState::first(*drive_key, user.tenant.as_str(), user.object.as_str(), drive_id)
+                },
                 false,
             ),
             Some(current) if current.state == DriveStatus::Disconnected => (
@@ -414,6 +529,10 @@ pub async fn begin_connection(
                     delta_link: None,
                     checkpoint: None,
                     drive_id: drive_id.to_owned(),
+                    connected_at: Some(now),
+                    last_walk_completed_at: None,
+                    last_walk_started_at: None,
+                    reason: None,
                     version: current.version + 1,
                     ..current
                 },
@@ -421,11 +540,8 @@ pub async fn begin_connection(
             ),
             Some(current) if current.state == DriveStatus::NeedsReauth => (
                 DriveState {
-                    state: if current.delta_link.is_some() {
-                        DriveStatus::Active
-                    } else {
-                        DriveStatus::BaselinePending
-                    },
+                    state: current.walk_status(),
+                    reason: None,
                     version: current.version + 1,
                     ..current
                 },
@@ -460,6 +576,7 @@ pub async fn tombstone(store: &dyn ConnectionStore, drive_key: &DriveKey) -> Res
             state: DriveStatus::Disconnected,
             delta_link: None,
             checkpoint: None,
+            reason: None,
             version: current.version + 1,
             ..current
         };
@@ -472,12 +589,86 @@ pub async fn tombstone(store: &dyn ConnectionStore, drive_key: &DriveKey) -> Res
     Err(StoreError::Conflict)
 }
 
+/// A subscription state for a drive of `generation`, as renewals find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionHealth {
+    /// Renewed (or recreated): a `renewing` or `expired` drive goes back to its walk state.
+    Healthy,
+    /// `renewing`, `expired` or `needs_reauth`, and why.
+    Trouble(DriveStatus, String),
+}
+
+/// Records what a renewal found in the drive's one state field, re-reading on a lost race.
+/// `needs_reauth` outranks `renewing` and `expired` and is cleared only by a connect; it drops
+/// a walk still paging (its staged pages would expire while the user is away; the next walk
+/// starts from the committed deltaLink) and keeps one past its last page, which finishes
+/// without Graph. A drive disconnected, or of another generation, is left alone. Returns the
+/// state as stored.
+pub async fn record_subscription_health(
+    store: &dyn ConnectionStore,
+    drive_key: &DriveKey,
+    generation: u64,
+    health: &SubscriptionHealth,
+) -> Result<Option<DriveState>, StoreError> {
+    for _ in 0..4 {
+        let Some(current) = store.drive(drive_key).await? else {
+            return Ok(None);
+        };
+        if current.generation != generation || current.state == DriveStatus::Disconnected {
+            return Ok(Some(current));
+        }
+        let next = match health {
+            SubscriptionHealth::Healthy => {
+                if !matches!(current.state, DriveStatus::Renewing | DriveStatus::Expired) {
+                    return Ok(Some(current));
+                }
+                DriveState {
+                    state: current.walk_status(),
+                    reason: None,
+                    version: current.version + 1,
+                    ..current
+                }
+            }
+            SubscriptionHealth::Trouble(status, reason) => {
+                let outranked =
+                    current.state == DriveStatus::NeedsReauth && *status != DriveStatus::NeedsReauth;
+                if outranked || (current.state == *status && current.reason.as_deref() == Some(reason)) {
+                    return Ok(Some(current));
+                }
+                let checkpoint = if *status == DriveStatus::NeedsReauth {
+                    current
+                        .checkpoint
+                        .clone()
+                        .filter(|c| c.delta_link.is_some() || c.logged.is_some())
+                } else {
+                    current.checkpoint.clone()
+                };
+                DriveState {
+                    state: *status,
+                    reason: Some(reason.clone()),
+                    checkpoint,
+                    version: current.version + 1,
+                    ..current
+                }
+            }
+        };
+        match store.put_drive(&next).await {
+            Ok(()) => return Ok(Some(next)),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
 /// An in-memory [`ConnectionStore`] with the same conditional rules (tests and benchmarks).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     users: std::sync::Mutex<HashMap<UserKey, UserRecord>>,
-    drives: std::sync::Mutex<HashMap<DriveKey, DriveState>>,
-    subscriptions: std::sync::Mutex<HashMap<DriveKey, SubscriptionRecord>>,
+    pub(crate) drives: std::sync::Mutex<HashMap<DriveKey, DriveState>>,
+    pub(crate) subscriptions: std::sync::Mutex<HashMap<DriveKey, SubscriptionRecord>>,
+    /// Safety-net claims (`DRIVE#<k>` / `NUDGE`): when each drive's last one was claimed.
+    pub(crate) nudges: std::sync::Mutex<HashMap<DriveKey, DateTime<Utc>>>,
 }
 
 impl MemoryStore {
@@ -486,7 +677,7 @@ impl MemoryStore {
     }
 }
 
-fn guard<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn guard<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -556,5 +747,135 @@ impl ConnectionStore for MemoryStore {
     fn delete_subscription<'a>(&'a self, drive_key: &'a DriveKey) -> BoxFuture<'a, Result<(), StoreError>> {
         guard(&self.subscriptions).remove(drive_key);
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn drive(state: DriveStatus) -> DriveState {
+        DriveState {
+            state,
+            delta_link: Some("https://graph.microsoft.com/v1.0/drives/d/root/delta?token=t".into()),
+            ..DriveState::first(DriveKey::random(), "t", "o", "d")
+        }
+    }
+
+    fn trouble(status: DriveStatus) -> SubscriptionHealth {
+        SubscriptionHealth::Trouble(status, format!("{status:?}"))
+    }
+
+    #[test]
+    fn a_walk_keeps_a_subscription_state_and_moves_a_walk_state() {
+        for kept in [
+            DriveStatus::Renewing,
+            DriveStatus::Expired,
+            DriveStatus::NeedsReauth,
+        ] {
+            assert_eq!(drive(kept).after_walk(DriveStatus::Active), kept);
+        }
+        assert_eq!(
+            drive(DriveStatus::BaselinePending).after_walk(DriveStatus::Active),
+            DriveStatus::Active
+        );
+        assert_eq!(
+            drive(DriveStatus::Active).after_walk(DriveStatus::Resyncing),
+            DriveStatus::Resyncing
+        );
+    }
+
+    #[tokio::test]
+    async fn renewals_set_and_clear_subscription_states_and_needs_reauth_outranks_the_others() {
+        let store = MemoryStore::new();
+        let d = drive(DriveStatus::Active);
+        store.put_drive(&d).await.unwrap();
+        let record = |health| {
+            let store = &store;
+            async move {
+                record_subscription_health(store, &d.drive_key, 1, &health)
+                    .await
+                    .unwrap()
+                    .unwrap()
+            }
+        };
+        let renewing = record(trouble(DriveStatus::Renewing)).await;
+        assert_eq!(
+            (renewing.state, renewing.reason.as_deref()),
+            (DriveStatus::Renewing, Some("Renewing"))
+        );
+        assert_eq!(
+            record(trouble(DriveStatus::Expired)).await.state,
+            DriveStatus::Expired
+        );
+        let healthy = record(SubscriptionHealth::Healthy).await;
+        assert_eq!((healthy.state, healthy.reason), (DriveStatus::Active, None));
+        // The same health again writes nothing.
+        assert_eq!(record(SubscriptionHealth::Healthy).await.version, healthy.version);
+
+        assert_eq!(
+            record(trouble(DriveStatus::NeedsReauth)).await.state,
+            DriveStatus::NeedsReauth
+        );
+        // Neither a failed nor a successful renewal clears needs_reauth: only a connect does.
+        assert_eq!(
+            record(trouble(DriveStatus::Renewing)).await.state,
+            DriveStatus::NeedsReauth
+        );
+        assert_eq!(
+            record(SubscriptionHealth::Healthy).await.state,
+            DriveStatus::NeedsReauth
+        );
+    }
+
+    #[tokio::test]
+    async fn needs_reauth_drops_a_walk_still_paging_and_keeps_one_past_its_last_page() {
+        let store = MemoryStore::new();
+        let checkpoint = |delta_link: Option<&str>| Checkpoint {
+            walk_id: "w".into(),
+            started_at: Utc::now(),
+            mode: WalkMode::Incremental,
+            next_link: None,
+            delta_link: delta_link.map(str::to_owned),
+            pages: 1,
+            chunks: 1,
+            attempts: Vec::new(),
+            restarted: false,
+            logged: None,
+        };
+        for (delta_link, kept) in [(None, false), (Some("https://graph/delta?token=n"), true)] {
+            let d = DriveState {
+                checkpoint: Some(checkpoint(delta_link)),
+                ..drive(DriveStatus::Active)
+            };
+            store.put_drive(&d).await.unwrap();
+            let after =
+                record_subscription_health(&store, &d.drive_key, 1, &trouble(DriveStatus::NeedsReauth))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(after.checkpoint.is_some(), kept);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_renewal_of_another_generation_or_a_disconnected_drive_changes_nothing() {
+        let store = MemoryStore::new();
+        let d = drive(DriveStatus::Disconnected);
+        store.put_drive(&d).await.unwrap();
+        let after = record_subscription_health(&store, &d.drive_key, 1, &trouble(DriveStatus::Expired))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((after.state, after.version), (DriveStatus::Disconnected, 1));
+        let e = drive(DriveStatus::Active);
+        store.put_drive(&e).await.unwrap();
+        let after = record_subscription_health(&store, &e.drive_key, 2, &trouble(DriveStatus::Expired))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.state, DriveStatus::Active);
     }
 }

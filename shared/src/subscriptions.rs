@@ -33,9 +33,23 @@ pub struct Subscriptions<'a> {
     pub keys: &'a KeyStore,
     pub clock: &'a SharedClock,
     pub renew_window: Duration,
+    /// Up to this much is taken off each asked-for lifetime, at random, so a fleet connected in
+    /// one hour does not come due in one hour for ever after.
+    pub jitter: Duration,
 }
 
 impl Subscriptions<'_> {
+    /// The expiry to ask Graph for: the maximum lifetime less the margin, less the jitter.
+    fn requested_expiry(&self) -> chrono::DateTime<chrono::Utc> {
+        let jitter_ms = self.jitter.num_milliseconds().max(0);
+        let taken = if jitter_ms == 0 {
+            0
+        } else {
+            rand::random_range(0..jitter_ms)
+        };
+        self.clock.now() + MAX_LIFETIME - LIFETIME_MARGIN - Duration::milliseconds(taken)
+    }
+
     pub async fn ensure(
         &self,
         user: &UserKey,
@@ -57,16 +71,15 @@ impl Subscriptions<'_> {
                 // renews and reauthorizes (graph-protocol.md §4).
                 match self
                     .graph
-                    .renew_subscription(
-                        token,
-                        &current.subscription_id,
-                        now + MAX_LIFETIME - LIFETIME_MARGIN,
-                    )
+                    .renew_subscription(token, &current.subscription_id, self.requested_expiry())
                     .await
                 {
                     Ok(renewed) => {
                         let next = SubscriptionRecord {
                             expires_at: renewed.expiration_date_time,
+                            parked: false,
+                            failures: 0,
+                            retry_at: None,
                             version: current.version + 1,
                             ..current.clone()
                         };
@@ -82,13 +95,53 @@ impl Subscriptions<'_> {
                     .await?;
             }
         }
+        self.create(user, state, existing.as_ref(), resource, urls, token)
+            .await
+    }
+
+    /// Replaces the drive's subscription with a new one: deletes it from Graph (already gone is
+    /// fine) and creates another, minted under the active clientState key. For a subscription
+    /// whose key is retired: a clientState cannot be PATCHed.
+    pub async fn replace(
+        &self,
+        user: &UserKey,
+        state: &DriveState,
+        current: &SubscriptionRecord,
+        resource: &str,
+        urls: &NotificationUrls,
+        token: &SecretString,
+    ) -> Result<SubscriptionRecord, SubscriptionError> {
+        match self
+            .graph
+            .delete_subscription(token, &current.subscription_id)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.status() == Some(404) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.create(user, state, Some(current), resource, urls, token)
+            .await
+    }
+
+    /// Creates the drive's subscription (a 409 adopts or replaces Graph's existing one) and
+    /// stores it as the version after `existing`.
+    async fn create(
+        &self,
+        user: &UserKey,
+        state: &DriveState,
+        existing: Option<&SubscriptionRecord>,
+        resource: &str,
+        urls: &NotificationUrls,
+        token: &SecretString,
+    ) -> Result<SubscriptionRecord, SubscriptionError> {
         let ring = self.keys.ring();
         let client_state = ring.mint(&user.tenant, &state.drive_key);
         let request = NewSubscription {
             resource,
             notification_url: &urls.notification,
             lifecycle_notification_url: Some(&urls.lifecycle),
-            expiration: now + MAX_LIFETIME - LIFETIME_MARGIN,
+            expiration: self.requested_expiry(),
             client_state: &client_state,
         };
         let (created, key_id) = match self.graph.create_subscription(token, &request).await {
@@ -105,7 +158,10 @@ impl Subscriptions<'_> {
             key_id,
             resource: resource.to_owned(),
             generation: state.generation,
-            version: existing.as_ref().map_or(1, |e| e.version + 1),
+            parked: false,
+            failures: 0,
+            retry_at: None,
+            version: existing.map_or(1, |e| e.version + 1),
         };
         self.save_subscription(next, token).await
     }
@@ -128,10 +184,12 @@ impl Subscriptions<'_> {
         {
             return Ok((found.subscription, recorded.key_id));
         }
+        let ring = self.keys.ring();
         let verified = found
             .client_state()
-            .and_then(|cs| self.keys.ring().verify(cs, &user.tenant).ok())
-            .filter(|v| v.drive_key == state.drive_key);
+            .and_then(|cs| ring.verify(cs, &user.tenant).ok())
+            // Never adopt one made under a retired key: renew is replacing those.
+            .filter(|v| v.drive_key == state.drive_key && !ring.is_retired(&v.key_id));
         if let Some(v) = verified {
             return Ok((found.subscription, v.key_id.to_string()));
         }
@@ -191,90 +249,5 @@ impl Subscriptions<'_> {
             }
         }
         Err(StoreError::Conflict.into())
-    }
-}
-
-/// The subscription rules with their own clients, for background work: process-changes'
-/// lifecycle events now, renew later.
-pub struct Keeper {
-    pub graph: GraphClient,
-    pub store: std::sync::Arc<dyn ConnectionStore>,
-    pub keys: std::sync::Arc<KeyStore>,
-    pub clock: SharedClock,
-    pub tokens: std::sync::Arc<dyn crate::tokens::AccessTokenSource>,
-    /// Where Graph notifies (`NOTIFICATION_URL`, `LIFECYCLE_NOTIFICATION_URL`): a recreated
-    /// subscription needs them.
-    pub urls: NotificationUrls,
-    pub renew_window: Duration,
-}
-
-impl Keeper {
-    fn rules(&self) -> Subscriptions<'_> {
-        Subscriptions {
-            graph: &self.graph,
-            store: self.store.as_ref(),
-            keys: &self.keys,
-            clock: &self.clock,
-            renew_window: self.renew_window,
-        }
-    }
-
-    /// The resource a drive subscribes to: the stored one, else derived from the user's drive.
-    async fn resource(&self, user: &UserKey, state: &DriveState) -> Result<String, SubscriptionError> {
-        if let Some(record) = self.store.subscription(&state.drive_key).await? {
-            return Ok(record.resource);
-        }
-        let drive_type = self
-            .store
-            .user(user)
-            .await?
-            .map(|u| u.drive_type)
-            .unwrap_or_default();
-        Ok(crate::graph::Drive {
-            id: state.drive_id.clone(),
-            drive_type,
-        }
-        .subscription_resource())
-    }
-}
-
-impl crate::process::LifecycleActions for Keeper {
-    fn renew<'a>(
-        &'a self,
-        state: &'a DriveState,
-    ) -> futures::future::BoxFuture<'a, Result<(), crate::process::LifecycleError>> {
-        use crate::process::LifecycleError;
-        Box::pin(async move {
-            let user = UserKey::new(
-                crate::ids::TenantId::parse(&state.tenant_id)
-                    .map_err(|e| LifecycleError::Fault(e.to_string()))?,
-                crate::ids::ObjectId::parse(&state.user_oid)
-                    .map_err(|e| LifecycleError::Fault(e.to_string()))?,
-            );
-            let token = self.tokens.token(&user).await?;
-            let urls = &self.urls;
-            let outcome = async {
-                let resource = self.resource(&user, state).await?;
-                self.rules()
-                    .ensure(&user, state, true, &resource, urls, &token)
-                    .await
-            }
-            .await;
-            match outcome {
-                Ok(record) => {
-                    tracing::info!(drive_key = %state.drive_key, subscription_id = %record.subscription_id, expires_at = %record.expires_at, "subscription renewed");
-                    Ok(())
-                }
-                Err(SubscriptionError::Graph(e)) => Err(match (e.status(), e.retry_after()) {
-                    (Some(401 | 403), _) => LifecycleError::NeedsReauth,
-                    (Some(429 | 503 | 509), Some(after)) => LifecycleError::Throttled(
-                        self.clock.now() + Duration::from_std(after).unwrap_or(Duration::seconds(60)),
-                    ),
-                    _ if e.is_retryable() => LifecycleError::Transient(e.to_string()),
-                    _ => LifecycleError::Fault(e.to_string()),
-                }),
-                Err(SubscriptionError::Store(e)) => Err(LifecycleError::Transient(e.to_string())),
-            }
-        })
     }
 }

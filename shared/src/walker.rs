@@ -31,7 +31,10 @@ use crate::delta::{DeltaError, ItemState, NextStep, initial_path};
 use crate::graph::{GraphClient, GraphError};
 use crate::ids::{DriveKey, ObjectId, TenantId, UserKey};
 use crate::queue::{NotificationQueue, OutgoingMessage};
-use crate::store::{Checkpoint, ConnectionStore, DriveState, DriveStatus, Logged, StoreError, WalkMode};
+use crate::store::{
+    Checkpoint, ConnectionStore, DriveState, DriveStatus, Logged, StoreError, SubscriptionHealth, WalkMode,
+    record_subscription_health,
+};
 use crate::tokens::{AccessTokenSource, TokenError};
 use crate::walk_store::{LogEntry, Scope, WalkStore};
 
@@ -165,7 +168,7 @@ impl Walker {
             Ok(t) => t,
             Err(TokenError::NeedsReauth { reason }) => {
                 tracing::warn!(drive_key = %drive_key, reason = %reason, "the user must sign in again");
-                self.mark_needs_reauth(state).await?;
+                self.mark_needs_reauth(state, &reason).await?;
                 return Ok(WalkOutcome::NeedsReauth);
             }
             Err(e) if e.is_transient() => return Err(WalkError::Transient(e.to_string())),
@@ -215,8 +218,8 @@ impl Walker {
                     self.tokens.forget(&user);
                     token = match self.tokens.token(&user).await {
                         Ok(t) => t,
-                        Err(TokenError::NeedsReauth { .. }) => {
-                            self.mark_needs_reauth(state).await?;
+                        Err(TokenError::NeedsReauth { reason }) => {
+                            self.mark_needs_reauth(state, &reason).await?;
                             return Ok(WalkOutcome::NeedsReauth);
                         }
                         Err(e) => return Err(WalkError::Transient(e.to_string())),
@@ -224,7 +227,8 @@ impl Walker {
                     continue;
                 }
                 Err(PageFailure::Unauthorized) => {
-                    self.mark_needs_reauth(state).await?;
+                    self.mark_needs_reauth(state, "Graph refused a freshly refreshed access token (401)")
+                        .await?;
                     return Ok(WalkOutcome::NeedsReauth);
                 }
                 Err(PageFailure::Resync(_)) if resyncs_in_a_row >= 1 => {
@@ -256,7 +260,7 @@ impl Walker {
                     seen_links.clear();
                     let mut next = state.clone();
                     if checkpoint.mode == WalkMode::Resync {
-                        next.state = DriveStatus::Resyncing;
+                        next.state = state.after_walk(DriveStatus::Resyncing);
                     }
                     state = self.save(next, Some(checkpoint.clone())).await?;
                     continue;
@@ -400,25 +404,23 @@ impl Walker {
             DriveStatus::BaselinePending
         };
         let next = DriveState {
-            state: status,
+            state: state.after_walk(status),
             ..state
         };
         self.save(next, restart).await.map(|_| ())
     }
 
-    /// Marks the drive `needs_reauth`. A walk still paging is dropped (its staged pages would
-    /// expire while the user is away; the next walk starts from the committed deltaLink); a walk
-    /// past its last page is kept, and finished without Graph.
-    pub async fn mark_needs_reauth(&self, state: DriveState) -> Result<(), WalkError> {
-        let checkpoint = state
-            .checkpoint
-            .clone()
-            .filter(|c| c.delta_link.is_some() || c.logged.is_some());
-        let next = DriveState {
-            state: DriveStatus::NeedsReauth,
-            ..state
-        };
-        self.save(next, checkpoint).await.map(|_| ())
+    /// Marks the drive `needs_reauth` (see [`record_subscription_health`]: a walk still paging is
+    /// dropped, one past its last page is kept). Re-reads on a lost race.
+    pub async fn mark_needs_reauth(&self, state: DriveState, reason: &str) -> Result<(), WalkError> {
+        record_subscription_health(
+            self.drives.as_ref(),
+            &state.drive_key,
+            state.generation,
+            &SubscriptionHealth::Trouble(DriveStatus::NeedsReauth, reason.to_owned()),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Steps 3 and 4: derive and log (unless logged), apply the index, commit, publish.
@@ -493,12 +495,9 @@ impl Walker {
             seq_high_water: logged.base + logged.count,
             last_walk_started_at: Some(checkpoint.started_at),
             last_walk_completed_at: Some(self.clock.now()),
-            // A walk finished without Graph for a user who must sign in again leaves them so.
-            state: if state.state == DriveStatus::NeedsReauth {
-                DriveStatus::NeedsReauth
-            } else {
-                DriveStatus::Active
-            },
+            // A walk finished without Graph for a user who must sign in again leaves them so, and
+            // a subscription in trouble stays in trouble until a renewal succeeds.
+            state: state.after_walk(DriveStatus::Active),
             ..state
         };
         let committed = self.save(committed, None).await?;
@@ -540,7 +539,7 @@ impl Walker {
         };
         let next = DriveState {
             seq_high_water: logged.base + logged.count,
-            state: DriveStatus::Resyncing,
+            state: state.after_walk(DriveStatus::Resyncing),
             ..state
         };
         self.save(next, Some(resync)).await?;

@@ -70,6 +70,7 @@ async fn run() {
             .unwrap(),
         ),
         clock: clock.clone(),
+        jitter: chrono::Duration::zero(),
         renew_window: DEFAULT_RENEW_WINDOW,
     };
     let validator = TokenValidator::new(

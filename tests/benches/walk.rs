@@ -14,8 +14,6 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark binary: a panic is the report
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,104 +30,14 @@ use shared::tokens::StaticToken;
 use shared::walk_store::{DynamoWalkStore, MemoryWalkStore, Scope, WalkStore};
 use shared::walker::{WalkLimits, WalkOutcome, WalkStats, Walker};
 
+use graphfeed_tests::bench::{SimProcess, SimUser, new_user, start_in_process_sim, start_sim};
+
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
 
 /// Items and folders of the enumerated drive: the benchmark's, or the smoke run's.
 fn sizes(full: bool) -> (usize, usize) {
     if full { (100_000, 2_000) } else { (2_000, 100) }
-}
-
-struct SimProcess {
-    child: Option<Child>,
-    /// Keeps an in-process simulator (the smoke run) alive.
-    _in_process: Option<graph_sim::RunningSim>,
-    base: String,
-}
-
-impl Drop for SimProcess {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-async fn start_in_process_sim() -> SimProcess {
-    let clock = shared::clock::OffsetClock::new();
-    let sim = graphfeed_tests::start_sim_with(&clock, graph_sim::Timing::fast()).await;
-    let base = sim.graph_base_url().trim_end_matches("/v1.0").to_owned();
-    SimProcess {
-        child: None,
-        _in_process: Some(sim),
-        base,
-    }
-}
-
-fn start_sim() -> SimProcess {
-    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/graph-sim");
-    assert!(
-        std::path::Path::new(bin).exists(),
-        "{bin} is missing: run `cargo build --release -p graph-sim` (make bench-walk does)"
-    );
-    let mut child = Command::new(bin)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-http-loopback",
-            "--delta-page-size",
-            "200",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // "graph-sim listening on http://127.0.0.1:PORT (graph: http://127.0.0.1:PORT/v1.0)"
-    let base = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected ready line: {line}"))
-        .to_owned();
-    SimProcess {
-        child: Some(child),
-        _in_process: None,
-        base,
-    }
-}
-
-struct SimUser {
-    tenant_id: String,
-    user_id: String,
-    drive_id: String,
-    access_token: String,
-}
-
-async fn new_user(http: &reqwest::Client, base: &str) -> SimUser {
-    let user: serde_json::Value = http
-        .post(format!("{base}/_sim/users"))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let text = |k: &str| user[k].as_str().unwrap().to_owned();
-    SimUser {
-        tenant_id: text("tenant_id"),
-        user_id: text("user_id"),
-        drive_id: text("drive_id"),
-        access_token: text("access_token"),
-    }
 }
 
 async fn populate(http: &reqwest::Client, base: &str, drive_id: &str, files: usize, folders: usize) {
@@ -385,7 +293,7 @@ async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let http = reqwest::Client::new();
     let sim = if full {
-        start_sim()
+        start_sim(&["--delta-page-size", "200"])
     } else {
         start_in_process_sim().await
     };

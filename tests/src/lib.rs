@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bench;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,6 +117,8 @@ pub struct StackOptions {
     pub clock: OffsetClock,
     /// Run process-changes on the notifications queue (off: tests read the queue themselves).
     pub run_process_changes: bool,
+    /// Fire renew on this period (off: tests call `running.renew` themselves).
+    pub renew_every: Option<Duration>,
 }
 
 impl Default for StackOptions {
@@ -125,6 +129,7 @@ impl Default for StackOptions {
             key_secret: dev_ring_json(),
             clock: OffsetClock::new(),
             run_process_changes: false,
+            renew_every: None,
         }
     }
 }
@@ -154,6 +159,7 @@ impl TestStack {
                 parameters: local_parameters(),
                 clock: Arc::new(options.clock.clone()),
                 run_process_changes: options.run_process_changes,
+                renew_every: options.renew_every,
             },
         )
         .await
@@ -265,6 +271,61 @@ impl TestStack {
         shared::ids::DriveKey::parse(body["drive_key"].as_str().unwrap()).unwrap()
     }
 
+    /// The changes queue's URL (graphfeed's output).
+    pub fn changes_queue(&self) -> String {
+        self.running.stack.reference("ChangesQueue").unwrap().to_owned()
+    }
+
+    /// Reads (and deletes) change events from the changes queue, as a downstream consumer would,
+    /// until `done` holds or `timeout` passes.
+    pub async fn read_changes(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[shared::changes::ChangeEvent]) -> bool,
+    ) -> Vec<shared::changes::ChangeEvent> {
+        let sqs = aws_sdk_sqs::Client::new(&self.aws);
+        let url = self.changes_queue();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut events = Vec::new();
+        while !done(&events) && std::time::Instant::now() < deadline {
+            let got = sqs
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            for m in got.messages.unwrap_or_default() {
+                events.push(serde_json::from_str(m.body().unwrap()).unwrap());
+                sqs.delete_message()
+                    .queue_url(&url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        events
+    }
+
+    /// Creates a 5-byte file at the root of `user`'s drive; returns its item id.
+    pub fn new_file(&self, user: &SignedInUser, name: &str) -> String {
+        self.sim
+            .sim()
+            .create_item(
+                &user.created.drive_id,
+                &graph_sim::NewItem {
+                    parent_id: None,
+                    name: name.into(),
+                    folder: false,
+                    size: 5,
+                },
+            )
+            .unwrap()
+            .id
+    }
+
     /// The connection store process-changes uses (moto).
     pub fn drive_store(&self) -> shared::store::DynamoStore {
         shared::store::DynamoStore::new(
@@ -360,6 +421,7 @@ pub async fn start_sim_with(clock: &OffsetClock, timing: graph_sim::Timing) -> g
 pub struct FaultyProxy {
     pub endpoint: String,
     failing: Arc<AtomicBool>,
+    calls: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
 }
 
 #[derive(Clone)]
@@ -367,15 +429,18 @@ struct ProxyState {
     client: reqwest::Client,
     target: String,
     failing: Arc<AtomicBool>,
+    calls: Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
 }
 
 impl FaultyProxy {
     pub async fn start(target: &str) -> Self {
         let failing = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let state = ProxyState {
             client: reqwest::Client::new(),
             target: target.to_owned(),
             failing: failing.clone(),
+            calls: calls.clone(),
         };
         let app = axum::Router::new().fallback(forward).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -383,11 +448,21 @@ impl FaultyProxy {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { endpoint, failing }
+        Self {
+            endpoint,
+            failing,
+            calls,
+        }
     }
 
     pub fn fail(&self, on: bool) {
         self.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// The AWS calls forwarded since the last take, by operation (`X-Amz-Target`, e.g.
+    /// `DynamoDB_20120810.GetItem`, `TrentService.Decrypt`, `AmazonSQS.SendMessageBatch`).
+    pub fn take_calls(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
     }
 }
 
@@ -406,6 +481,13 @@ async fn forward(
             .into_response();
     }
     let (parts, body) = request.into_parts();
+    let operation = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(other)")
+        .to_owned();
+    *state.calls.lock().unwrap().entry(operation).or_default() += 1;
     let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
         .await
         .unwrap_or_default();

@@ -111,7 +111,8 @@ async fn a_signed_in_user_is_connected_through_a_real_handshake_with_a_baseline_
     let status: serde_json::Value = json_of(&stack, reqwest::Method::GET, &user.token).await;
     assert_eq!(status["state"], "baseline_pending");
     assert_eq!(status["subscription_id"], body["subscription_id"]);
-    assert_eq!(status["needs_reauth"], false);
+    assert_eq!(status["reason"], serde_json::Value::Null);
+    assert!(status.get("needs_reauth").is_none(), "one state field, no flags");
 
     // The subscription's clientState verifies in notify: a change reaches the queue in the drive's group.
     stack
@@ -487,7 +488,7 @@ async fn reconnecting_clears_needs_reauth_and_reauthorizes_the_subscription() {
     })
     .await;
     let status: serde_json::Value = json_of(&stack, reqwest::Method::GET, &user.token).await;
-    assert_eq!(status["needs_reauth"], true);
+    assert_eq!(status["state"], "needs_reauth");
 
     stack.clock.advance(chrono::Duration::hours(1));
     let token = stack
@@ -504,7 +505,7 @@ async fn reconnecting_clears_needs_reauth_and_reauthorizes_the_subscription() {
     );
     let status: serde_json::Value = json_of(&stack, reqwest::Method::GET, &token).await;
     assert_eq!(
-        (status["needs_reauth"].clone(), status["state"].clone()),
-        (serde_json::json!(false), serde_json::json!("baseline_pending"))
+        (status["reason"].clone(), status["state"].clone()),
+        (serde_json::Value::Null, serde_json::json!("baseline_pending"))
     );
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use graph_sim::NewItem;
 use graphfeed_tests::{SignedInUser, StackOptions, TestStack};
 use shared::changes::{Change, ChangeEvent};
 use shared::store::{ConnectionStore, DriveStatus};
@@ -24,57 +23,16 @@ async fn stack(run_process_changes: bool) -> TestStack {
     .await
 }
 
-fn changes_queue(stack: &TestStack) -> String {
-    stack.running.stack.reference("ChangesQueue").unwrap().to_owned()
-}
-
-/// Reads (and deletes) change events until `done` holds or `timeout` passes.
 async fn read_changes(
     stack: &TestStack,
     timeout: Duration,
-    mut done: impl FnMut(&[ChangeEvent]) -> bool,
+    done: impl FnMut(&[ChangeEvent]) -> bool,
 ) -> Vec<ChangeEvent> {
-    let sqs = aws_sdk_sqs::Client::new(&stack.aws);
-    let url = changes_queue(stack);
-    let deadline = Instant::now() + timeout;
-    let mut events = Vec::new();
-    while !done(&events) && Instant::now() < deadline {
-        let got = sqs
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        for m in got.messages.unwrap_or_default() {
-            events.push(serde_json::from_str(m.body().unwrap()).unwrap());
-            sqs.delete_message()
-                .queue_url(&url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-    }
-    events
+    stack.read_changes(timeout, done).await
 }
 
 fn new_file(stack: &TestStack, user: &SignedInUser, name: &str) -> String {
-    stack
-        .sim
-        .sim()
-        .create_item(
-            &user.created.drive_id,
-            &NewItem {
-                parent_id: None,
-                name: name.into(),
-                folder: false,
-                size: 5,
-            },
-        )
-        .unwrap()
-        .id
+    stack.new_file(user, name)
 }
 
 #[tokio::test]

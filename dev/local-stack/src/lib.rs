@@ -7,14 +7,14 @@
 //!   function's real handler;
 //! - [`poller`] stands in for an SQS event source mapping (process-changes' on the notifications
 //!   queue): receive, invoke the handler in-process, delete what it did not report failed;
+//! - [`schedule`] stands in for EventBridge: a timer firing renew on the template's schedule;
 //! - [`serve`] puts them together for `make local` and for the integration tests.
-//!
-//! A later issue adds a timer firing renew on the template's schedule.
 
 pub mod bootstrap;
 pub mod demo;
 pub mod gateway;
 pub mod poller;
+pub mod schedule;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -94,6 +94,9 @@ pub struct ServeConfig {
     /// Run process-changes on the notifications queue (the SQS event source emulator), as
     /// `make local` does. Tests that read the notifications queue themselves leave it off.
     pub run_process_changes: bool,
+    /// Fire renew every this often (`make local`: the template's schedule, or
+    /// `RENEW_EVERY_SECONDS`); `None` leaves it to the caller (tests call it directly).
+    pub renew_every: Option<std::time::Duration>,
 }
 
 /// A running local stack.
@@ -110,6 +113,12 @@ pub struct Running {
     pub process_changes: Arc<process_changes::ProcessChanges>,
     /// The event source emulator feeding it, when [`ServeConfig::run_process_changes`] is set.
     pub poller: Option<poller::PollerHandle>,
+    /// The environment renew was built from.
+    pub renew_env: Env,
+    /// renew, built from `renew_env` (tests invoke it directly).
+    pub renew: Arc<renew::Renew>,
+    /// The schedule firing it, when [`ServeConfig::renew_every`] is set.
+    pub renew_timer: Option<schedule::TimerHandle>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -118,8 +127,11 @@ impl Running {
         format!("http://{}", self.addr)
     }
 
-    /// Stops serving (and polling).
+    /// Stops serving (and polling, and the schedule).
     pub fn stop(self) {
+        if let Some(timer) = self.renew_timer {
+            timer.stop();
+        }
         self.server.abort();
     }
 
@@ -145,6 +157,8 @@ pub enum ServeError {
     Connect(#[from] connect::StartupError),
     #[error(transparent)]
     ProcessChanges(#[from] process_changes::StartupError),
+    #[error(transparent)]
+    Renew(#[from] renew::StartupError),
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayError),
     #[error("cannot listen on {addr}: {reason}")]
@@ -201,6 +215,28 @@ pub async fn serve(template: &Template, config: ServeConfig) -> Result<Running, 
     } else {
         None
     };
+    let renew_env = function_env(&stack, template, "RenewFunction", &overrides)?;
+    let renew = Arc::new(renew::wire(&renew_env, &config.aws, config.clock.clone()).await?);
+    let renew_timer = config.renew_every.map(|every| {
+        let timeout = template
+            .function_property("RenewFunction", "Timeout")
+            .and_then(|t| t.as_u64())
+            .map_or(
+                std::time::Duration::from_secs(300),
+                std::time::Duration::from_secs,
+            );
+        let handler = renew.clone();
+        let clock = config.clock.clone();
+        let tick: schedule::Tick = Arc::new(move |deadline| {
+            let handler = handler.clone();
+            let event = schedule::schedule_event(clock.now());
+            Box::pin(async move {
+                let summary = handler.handle(event, deadline).await;
+                serde_json::to_value(summary).unwrap_or_default()
+            })
+        });
+        schedule::spawn_timer("renew", every, timeout, tick)
+    });
     let mut functions: HashMap<String, Arc<dyn HttpFunction>> = HashMap::new();
     functions.insert("NotifyFunction".into(), Arc::new(notify));
     functions.insert("ConnectFunction".into(), Arc::new(connect));
@@ -219,6 +255,9 @@ pub async fn serve(template: &Template, config: ServeConfig) -> Result<Running, 
         process_env,
         process_changes: process,
         poller,
+        renew_env,
+        renew,
+        renew_timer,
         server,
     })
 }

@@ -123,6 +123,7 @@ async fn main() -> Result<()> {
     // Locally the key secret holds the documented development key, so events/ samples verify.
     let dev_ring = format!(r#"{{"active":"{LOCAL_KEY_ID}","{LOCAL_KEY_ID}":"{DEV_CLIENT_STATE_KEY_HEX}"}}"#);
     let shared_clock: SharedClock = Arc::new(clock.clone());
+    let renew_every = renew_period(&env, &template)?;
     let running = serve(
         &template,
         ServeConfig {
@@ -135,6 +136,7 @@ async fn main() -> Result<()> {
             parameters: local_stack::local_parameters(),
             clock: shared_clock,
             run_process_changes: true,
+            renew_every: Some(renew_every),
         },
     )
     .await
@@ -156,6 +158,12 @@ async fn main() -> Result<()> {
         &running.process_env,
         &aws_endpoint_env(&endpoint, &region),
     )?;
+    write_env_file("renew", &running.renew_env, &aws_endpoint_env(&endpoint, &region))?;
+    println!(
+        "renew runs every {} s (RENEW_EVERY_SECONDS), renewing subscriptions within {} minutes of expiry (RENEW_WINDOW_MINUTES)",
+        renew_every.as_secs(),
+        running.renew_env.get("RENEW_WINDOW_MINUTES").unwrap_or("4320")
+    );
 
     let routes: Vec<String> = template
         .http_routes()
@@ -208,6 +216,18 @@ async fn main() -> Result<()> {
         let _ = moto.kill().await;
     }
     Ok(())
+}
+
+/// How often renew runs: `RENEW_EVERY_SECONDS`, else the template's schedule.
+fn renew_period(env: &Env, template: &Template) -> Result<std::time::Duration> {
+    if let Some(raw) = env.get("RENEW_EVERY_SECONDS") {
+        let seconds: u64 = raw.parse().ok().filter(|s| *s > 0).with_context(|| {
+            format!("RENEW_EVERY_SECONDS must be a whole number of seconds above 0 (got {raw:?})")
+        })?;
+        return Ok(std::time::Duration::from_secs(seconds));
+    }
+    local_stack::schedule::function_schedule(template, "RenewFunction", &local_stack::local_parameters())
+        .context("reading renew's schedule from template.yaml")
 }
 
 /// Waits until the moto we started listens. If it exits first (typically: the port is taken by

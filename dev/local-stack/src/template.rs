@@ -290,6 +290,15 @@ impl Resolver<'_> {
     }
 }
 
+/// The name a `!Ref Name` (or `{Ref: Name}`) refers to.
+pub fn reference_name(value: &Value) -> Option<&str> {
+    match value {
+        Value::Tagged(tagged) if matches!(tagged.tag.to_string().as_str(), "!Ref") => tagged.value.as_str(),
+        Value::Mapping(m) if m.len() == 1 => m.get("Ref").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
 fn is_intrinsic(m: &serde_yaml::Mapping) -> bool {
     m.len() == 1
         && m.keys()

@@ -24,6 +24,7 @@ use shared::auth::TokenValidator;
 use shared::connect::{ConnectError, Connector, NotificationUrls};
 use shared::entra::EntraError;
 use shared::graph::GraphError;
+use shared::telemetry::{Metrics, Unit};
 
 /// `NOTIFICATION_URL` / `LIFECYCLE_NOTIFICATION_URL` when set.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +38,7 @@ pub struct Connect {
     validator: TokenValidator,
     connector: Connector,
     urls: ConfiguredUrls,
+    metrics: Metrics,
 }
 
 impl Connect {
@@ -45,6 +47,7 @@ impl Connect {
             validator,
             connector,
             urls,
+            metrics: Metrics::new("connect"),
         }
     }
 
@@ -55,6 +58,26 @@ impl Connect {
     /// Answers one request. Never fails: every outcome is an HTTP response.
     #[tracing::instrument(name = "connect", skip_all, fields(method = %request.method()))]
     pub async fn handle(&self, request: Request) -> Response<Body> {
+        let method = request.method().clone();
+        let response = self.answer(request).await;
+        self.count(&method, response.status());
+        response
+    }
+
+    /// One EMF line per request: what was asked, and whether it failed (4xx a caller's, 5xx ours).
+    fn count(&self, method: &Method, status: StatusCode) {
+        let ok = status.is_success();
+        let one = |yes: bool| if yes { 1.0 } else { 0.0 };
+        self.metrics.emit(&[
+            ("Connects", one(ok && *method == Method::POST), Unit::Count),
+            ("Disconnects", one(ok && *method == Method::DELETE), Unit::Count),
+            ("StatusReads", one(ok && *method == Method::GET), Unit::Count),
+            ("ConnectRefused", one(status.is_client_error()), Unit::Count),
+            ("ConnectFailures", one(status.is_server_error()), Unit::Count),
+        ]);
+    }
+
+    async fn answer(&self, request: Request) -> Response<Body> {
         let authorization = request
             .headers()
             .get(header::AUTHORIZATION)

@@ -11,10 +11,11 @@ use shared::auth::{AuthConfig, TokenValidator};
 use shared::client_state::{KeyStore, KeyStoreError};
 use shared::clock::SharedClock;
 use shared::config::{ClientStateKeys, ConfigError, Env, FifoQueueUrl, GraphConfig, NOTIFICATIONS_QUEUE_URL};
-use shared::connect::{Connector, DEFAULT_RENEW_WINDOW};
+use shared::connect::Connector;
 use shared::entra::{EntraClient, EntraConfig, EntraError};
 use shared::graph::{GraphClient, GraphError};
 use shared::queue::SqsQueue;
+use shared::renew::RenewSettings;
 use shared::secrets::SecretError;
 use shared::store::DynamoStore;
 use shared::vault::{KmsDynamoVault, VaultConfig};
@@ -24,7 +25,7 @@ pub use handler::Connect;
 pub use shared::entra::{ENTRA_CLIENT_SECRET, ENTRA_CLIENT_SECRET_ARN};
 pub const NOTIFICATION_URL: &str = "NOTIFICATION_URL";
 pub const LIFECYCLE_NOTIFICATION_URL: &str = "LIFECYCLE_NOTIFICATION_URL";
-pub const RENEW_WINDOW_MINUTES: &str = "RENEW_WINDOW_MINUTES";
+pub use shared::renew::RENEW_WINDOW_MINUTES;
 
 /// Why connect could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,18 +56,7 @@ pub async fn wire(
     let queue_url = FifoQueueUrl::parse(NOTIFICATIONS_QUEUE_URL, env.required(NOTIFICATIONS_QUEUE_URL)?)?;
     let vault_config = VaultConfig::from_env(env)?;
     let keys = KeyStore::from_config(&ClientStateKeys::from_env(env)?, aws, clock.clone()).await?;
-    let renew_window = match env.get(RENEW_WINDOW_MINUTES) {
-        None => DEFAULT_RENEW_WINDOW,
-        Some(raw) => chrono::Duration::minutes(
-            raw.parse::<i64>()
-                .ok()
-                .filter(|m| (1..=42_300).contains(m))
-                .ok_or(ConfigError::Invalid {
-                    var: RENEW_WINDOW_MINUTES,
-                    reason: format!("must be a number of minutes from 1 to 42300 (got {raw:?})"),
-                })?,
-        ),
-    };
+    let renew = RenewSettings::from_env(env)?;
     let urls = handler::ConfiguredUrls {
         notification: env.get(NOTIFICATION_URL).map(str::to_owned),
         lifecycle: env.get(LIFECYCLE_NOTIFICATION_URL).map(str::to_owned),
@@ -91,7 +81,8 @@ pub async fn wire(
         queue: Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(aws), queue_url.as_str())),
         keys: Arc::new(keys),
         clock: clock.clone(),
-        renew_window,
+        renew_window: renew.window,
+        jitter: renew.jitter,
     };
     Ok(Connect::new(
         TokenValidator::new(auth, http, clock),

@@ -1,6 +1,6 @@
 //! Translates an SQS batch into `shared::process` and its outcome into `batchItemFailures`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use shared::process::{BatchOutcome, InMessage, Processor};
@@ -74,17 +74,14 @@ fn to_message(record: SqsMessage) -> Option<InMessage> {
     })
 }
 
-/// The invocation's deadline (the runtime gives epoch milliseconds) as an `Instant`.
-pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
-    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
-    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
-}
+pub use shared::clock::deadline_from_epoch_ms;
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::sync::Arc;
+    use std::time::Duration;
 
     use futures::future::BoxFuture;
     use shared::config::GraphConfig;

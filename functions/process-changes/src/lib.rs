@@ -11,13 +11,13 @@ use std::sync::Arc;
 use shared::client_state::{KeyStore, KeyStoreError};
 use shared::clock::SharedClock;
 use shared::config::{ClientStateKeys, ConfigError, Env, FifoQueueUrl, GraphConfig, NOTIFICATIONS_QUEUE_URL};
-use shared::connect::{DEFAULT_RENEW_WINDOW, NotificationUrls};
+use shared::connect::NotificationUrls;
 use shared::entra::{ClientSecretError, EntraClient, EntraConfig, EntraError};
 use shared::graph::{GraphClient, GraphError};
 use shared::process::{Processor, SqsBatchControl};
 use shared::queue::SqsQueue;
+use shared::renew::{RenewSettings, Renewer};
 use shared::store::DynamoStore;
-use shared::subscriptions::Keeper;
 use shared::telemetry::Metrics;
 use shared::tokens::RefreshingTokens;
 use shared::vault::{KmsDynamoVault, VaultConfig};
@@ -98,38 +98,44 @@ pub async fn wire(
         dynamodb.clone(),
         vault_config.table_name.clone(),
     ));
+    let data = Arc::new(DynamoWalkStore::new(
+        dynamodb,
+        vault_config.table_name.clone(),
+        retention,
+        clock.clone(),
+    ));
+    let notifications = Arc::new(SqsQueue::new(sqs.clone(), notifications_url.as_str()));
     let walker = Walker {
         graph: graph.clone(),
         tokens: tokens.clone(),
         drives: drives.clone(),
-        data: Arc::new(DynamoWalkStore::new(
-            dynamodb,
-            vault_config.table_name.clone(),
-            retention,
-            clock.clone(),
-        )),
+        data: data.clone(),
         changes: Arc::new(SqsQueue::new(sqs.clone(), changes_url.as_str())),
         clock: clock.clone(),
         limits: WalkLimits::default(),
     };
-    let keeper = Keeper {
+    // reauthorizationRequired renews with renew's own rules and settings.
+    let renewer = Renewer {
         graph,
-        store: drives,
+        store: drives.clone(),
+        fleet: drives,
+        throttles: data,
         keys: Arc::new(keys),
-        clock,
         tokens,
+        queue: notifications.clone(),
+        clock,
         urls,
-        renew_window: DEFAULT_RENEW_WINDOW,
+        settings: RenewSettings::from_env(env)?,
     };
     Ok(ProcessChanges::new(Processor {
         walker,
-        notifications: Arc::new(SqsQueue::new(sqs.clone(), notifications_url.as_str())),
+        notifications,
         control: Arc::new(SqsBatchControl::new(
             sqs,
             notifications_url.as_str(),
             dead_letter_url.as_str(),
         )),
-        lifecycle: Arc::new(keeper),
+        lifecycle: Arc::new(renewer),
         metrics: Metrics::new("process-changes"),
     }))
 }
