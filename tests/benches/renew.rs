@@ -3,7 +3,7 @@
 //! 1. **A fleet due at once.** 10,000 subscriptions in 100 tenants, all inside the renewal window,
 //!    in graph-sim run as its own process (the release binary) with 50 ms added to every Graph
 //!    and token call; the stores and the token vault in memory. One run with renew's production
-//!    settings (32 in flight, at most 200 renewals a second, 40 a second per tenant) and Lambda's
+//!    settings (64 in flight, at most 200 renewals a second, 40 a second per tenant) and Lambda's
 //!    300 s timeout as its deadline. Reports the time (target: within 60 s, one invocation) and
 //!    the peak heap beyond the stores (target: at most 128 MB).
 //! 2. **AWS calls per renewal.** The real adapters (DynamoDB, the KMS vault, SQS, Secrets
@@ -338,7 +338,7 @@ async fn aws_calls(full: bool) {
         );
     }
     println!(
-        "  {:<40} {total:>5}   {:.2} per renewal (the run's 32 index reads included)",
+        "  {:<40} {total:>5}   {:.2} per renewal (the run's index reads included)",
         "total",
         total as f64 / users as f64
     );

@@ -1299,13 +1299,13 @@ fn renew_runs_hourly_on_an_enabled_schedule_and_sees_each_subscription_72_times_
 }
 
 #[test]
-fn renews_limits_default_to_a_72_hour_window_32_calls_in_flight_and_200_calls_a_second() {
+fn renews_limits_default_to_a_72_hour_window_64_calls_in_flight_and_200_calls_a_second() {
     let t = template();
     let window = number_parameter(&t, "RenewWindowMinutes");
     assert_eq!(window, (4320, 60, 40_000));
     // Under a drive subscription's 42,300-minute life, or every run renews everything.
     assert!(window.2 < 42_300);
-    assert_eq!(number_parameter(&t, "RenewConcurrency"), (32, 1, 256));
+    assert_eq!(number_parameter(&t, "RenewConcurrency"), (64, 1, 256));
     let rate = number_parameter(&t, "RenewMaxPerSecond");
     assert_eq!(rate, (200, 1, 250));
     // Graph: 5,000 subscription calls per 20 s per app, all tenants together.
