@@ -153,7 +153,8 @@ impl Connector {
                 urls,
                 &tokens.access_token,
             )
-            .await?;
+            .await?
+            .record;
         // A disconnect that landed meanwhile wins: undo what this connect made.
         let now_state = self.store.drive(&record.drive_key).await?;
         if now_state

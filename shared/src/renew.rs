@@ -46,7 +46,7 @@ use crate::store::{
     ConnectionStore, DriveState, DriveStatus, StoreError, SubscriptionHealth, SubscriptionRecord,
     record_subscription_health,
 };
-use crate::subscriptions::{SubscriptionError, Subscriptions};
+use crate::subscriptions::{Action, SubscriptionError, Subscriptions};
 use crate::telemetry::Unit;
 use crate::tokens::{AccessTokenSource, TokenError};
 use crate::walk_store::WalkStore;
@@ -692,12 +692,10 @@ impl Renewer {
                     .rules()
                     .ensure(user, state, force, &resource, &self.urls, &token)
                     .await
-                    .map(|stored| match record {
-                        Some(r) if stored.subscription_id != r.subscription_id => Renewal::Recreated,
-                        None => Renewal::Recreated,
-                        Some(r) if stored.expires_at > r.expires_at => Renewal::Renewed,
-                        Some(_) if force => Renewal::Renewed,
-                        Some(_) => Renewal::Kept,
+                    .map(|ensured| match ensured.action {
+                        Action::Kept => Renewal::Kept,
+                        Action::Renewed => Renewal::Renewed,
+                        Action::Created => Renewal::Recreated,
                     }),
             };
             match result {

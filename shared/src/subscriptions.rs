@@ -26,6 +26,24 @@ pub enum SubscriptionError {
     Store(#[from] StoreError),
 }
 
+/// What [`Subscriptions::ensure`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Alive and outside the renewal window: no Graph call.
+    Kept,
+    /// PATCHed with a new expiry.
+    Renewed,
+    /// Made (Graph no longer knew it, or there was none), or adopted on a 409.
+    Created,
+}
+
+/// The stored subscription, and how it came to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ensured {
+    pub record: SubscriptionRecord,
+    pub action: Action,
+}
+
 /// What the rules need, borrowed from the caller's clients.
 pub struct Subscriptions<'a> {
     pub graph: &'a GraphClient,
@@ -58,13 +76,16 @@ impl Subscriptions<'_> {
         resource: &str,
         urls: &NotificationUrls,
         token: &SecretString,
-    ) -> Result<SubscriptionRecord, SubscriptionError> {
+    ) -> Result<Ensured, SubscriptionError> {
         let now = self.clock.now();
         let existing = self.store.subscription(&state.drive_key).await?;
         if let Some(current) = &existing {
             let same_generation = current.generation == state.generation;
             if same_generation && !reauthorized && current.expires_at > now + self.renew_window {
-                return Ok(current.clone());
+                return Ok(Ensured {
+                    record: current.clone(),
+                    action: Action::Kept,
+                });
             }
             if same_generation {
                 // Inside the renewal window, or the user is back from needs_reauth: one PATCH
@@ -83,7 +104,11 @@ impl Subscriptions<'_> {
                             version: current.version + 1,
                             ..current.clone()
                         };
-                        return self.save_subscription(next, token).await;
+                        let record = self.save_subscription(next, token).await?;
+                        return Ok(Ensured {
+                            record,
+                            action: Action::Renewed,
+                        });
                     }
                     Err(e) if e.status() == Some(404) => {}
                     Err(e) => return Err(e.into()),
@@ -95,8 +120,13 @@ impl Subscriptions<'_> {
                     .await?;
             }
         }
-        self.create(user, state, existing.as_ref(), resource, urls, token)
-            .await
+        let record = self
+            .create(user, state, existing.as_ref(), resource, urls, token)
+            .await?;
+        Ok(Ensured {
+            record,
+            action: Action::Created,
+        })
     }
 
     /// Replaces the drive's subscription with a new one: deletes it from Graph (already gone is
