@@ -303,18 +303,14 @@ mod tests {
     use crate::store::ConnectionStore;
 
     fn record(drive_key: DriveKey, expires_at: DateTime<Utc>) -> SubscriptionRecord {
-        SubscriptionRecord {
+        SubscriptionRecord::first(
             drive_key,
-            subscription_id: format!("sub-{drive_key}"),
+            format!("sub-{drive_key}"),
             expires_at,
-            key_id: "k1".into(),
-            resource: "me/drive/root".into(),
-            generation: 1,
-            parked: false,
-            failures: 0,
-            retry_at: None,
-            version: 1,
-        }
+            "k1",
+            "me/drive/root",
+            1,
+        )
     }
 
     fn key_in(shard: u8, n: u8) -> DriveKey {

@@ -259,6 +259,29 @@ pub fn shard_of(drive_key: &DriveKey) -> u8 {
 }
 
 impl SubscriptionRecord {
+    /// A drive's first record of a subscription Graph made (version 1, no failures, unparked).
+    pub fn first(
+        drive_key: DriveKey,
+        subscription_id: impl Into<String>,
+        expires_at: DateTime<Utc>,
+        key_id: impl Into<String>,
+        resource: impl Into<String>,
+        generation: u64,
+    ) -> Self {
+        Self {
+            drive_key,
+            subscription_id: subscription_id.into(),
+            expires_at,
+            key_id: key_id.into(),
+            resource: resource.into(),
+            generation,
+            parked: false,
+            failures: 0,
+            retry_at: None,
+            version: 1,
+        }
+    }
+
     /// `EXP#<shard>`: the drive key's first byte picks one of [`EXPIRY_SHARDS`] partitions.
     pub fn expiry_shard(&self) -> String {
         format!("EXP#{}", shard_of(&self.drive_key))

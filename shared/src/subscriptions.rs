@@ -182,16 +182,15 @@ impl Subscriptions<'_> {
             },
         };
         let next = SubscriptionRecord {
-            drive_key: state.drive_key,
-            subscription_id: created.id,
-            expires_at: created.expiration_date_time,
-            key_id,
-            resource: resource.to_owned(),
-            generation: state.generation,
-            parked: false,
-            failures: 0,
-            retry_at: None,
             version: existing.map_or(1, |e| e.version + 1),
+            ..SubscriptionRecord::first(
+                state.drive_key,
+                created.id,
+                created.expiration_date_time,
+                key_id,
+                resource,
+                state.generation,
+            )
         };
         self.save_subscription(next, token).await
     }

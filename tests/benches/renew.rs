@@ -175,18 +175,14 @@ async fn fleet(http: &reqwest::Client, sim: &SimProcess, full: bool) {
             .await
             .unwrap();
         store
-            .put_subscription(&SubscriptionRecord {
-                drive_key: m.drive_key,
-                subscription_id: sub["id"].as_str().unwrap().to_owned(),
-                expires_at: sub["expiration"].as_str().unwrap().parse().unwrap(),
-                key_id: shared::client_state::LOCAL_KEY_ID.into(),
-                resource: "me/drive/root".into(),
-                generation: 1,
-                parked: false,
-                failures: 0,
-                retry_at: None,
-                version: 1,
-            })
+            .put_subscription(&SubscriptionRecord::first(
+                m.drive_key,
+                sub["id"].as_str().unwrap(),
+                sub["expiration"].as_str().unwrap().parse().unwrap(),
+                shared::client_state::LOCAL_KEY_ID,
+                "me/drive/root",
+                1,
+            ))
             .await
             .unwrap();
         vault

@@ -271,6 +271,16 @@ impl TestStack {
         shared::ids::DriveKey::parse(body["drive_key"].as_str().unwrap()).unwrap()
     }
 
+    /// The live subscriptions `user` made in graph-sim.
+    pub fn live_subscriptions(&self, user: &SignedInUser) -> Vec<graph_sim::Subscription> {
+        self.sim
+            .sim()
+            .subscriptions()
+            .into_iter()
+            .filter(|s| s.creator_id == user.created.user_id)
+            .collect()
+    }
+
     /// The changes queue's URL (graphfeed's output).
     pub fn changes_queue(&self) -> String {
         self.running.stack.reference("ChangesQueue").unwrap().to_owned()

@@ -56,13 +56,7 @@ async fn change_drive_state(
 }
 
 fn live_subscriptions(stack: &TestStack, user: &User) -> Vec<graph_sim::Subscription> {
-    stack
-        .sim
-        .sim()
-        .subscriptions()
-        .into_iter()
-        .filter(|s| s.creator_id == user.created.user_id)
-        .collect()
+    stack.live_subscriptions(user)
 }
 
 fn user_key(user: &User) -> UserKey {

@@ -66,13 +66,7 @@ fn patches(stack: &TestStack) -> u64 {
 }
 
 fn live(stack: &TestStack, user: &SignedInUser) -> Vec<graph_sim::Subscription> {
-    stack
-        .sim
-        .sim()
-        .subscriptions()
-        .into_iter()
-        .filter(|s| s.creator_id == user.created.user_id)
-        .collect()
+    stack.live_subscriptions(user)
 }
 
 fn fault_on(subscription_id: &str, status: u16, count: u32, retry_after: Option<u64>) -> Fault {
@@ -114,6 +108,20 @@ async fn status_json(stack: &TestStack, user: &SignedInUser) -> serde_json::Valu
         .json()
         .await
         .unwrap()
+}
+
+/// A connected user whose subscription is due (27 days on), with Graph's next `count` PATCHes of
+/// it answered `status`.
+async fn due_with_fault(status: u16, count: u32) -> (TestStack, SignedInUser, DriveKey) {
+    let stack = stack_with(&[]).await;
+    let (user, drive_key) = connected(&stack).await;
+    let sub = record(&stack, &drive_key).await;
+    stack.clock.advance(chrono::Duration::days(27));
+    stack
+        .sim
+        .sim()
+        .add_fault(fault_on(&sub.subscription_id, status, count, None));
+    (stack, user, drive_key)
 }
 
 /// A connected user, their connect messages drained.
@@ -277,14 +285,7 @@ async fn the_subscription_quota_marks_the_drive_expired_until_a_run_can_recreate
 
 #[tokio::test]
 async fn a_401_refreshes_the_token_once_and_the_retry_renews() {
-    let stack = stack_with(&[]).await;
-    let (_user, drive_key) = connected(&stack).await;
-    let sub = record(&stack, &drive_key).await;
-    stack.clock.advance(chrono::Duration::days(27));
-    stack
-        .sim
-        .sim()
-        .add_fault(fault_on(&sub.subscription_id, 401, 1, None));
+    let (stack, _user, _drive_key) = due_with_fault(401, 1).await;
     let refreshes = || {
         stack
             .sim
@@ -305,14 +306,7 @@ async fn a_401_refreshes_the_token_once_and_the_retry_renews() {
 
 #[tokio::test]
 async fn a_401_with_a_fresh_token_marks_the_drive_needs_reauth_and_parks_its_subscription() {
-    let stack = stack_with(&[]).await;
-    let (user, drive_key) = connected(&stack).await;
-    let sub = record(&stack, &drive_key).await;
-    stack.clock.advance(chrono::Duration::days(27));
-    stack
-        .sim
-        .sim()
-        .add_fault(fault_on(&sub.subscription_id, 401, 2, None));
+    let (stack, user, drive_key) = due_with_fault(401, 2).await;
 
     let summary = run(&stack).await;
     assert_eq!(summary.failed.get("needs_reauth"), Some(&1), "{summary:?}");
@@ -456,14 +450,7 @@ async fn a_throttled_tenant_waits_for_its_retry_after_while_another_tenant_is_re
 
 #[tokio::test]
 async fn two_failed_runs_in_a_row_on_graph_503_are_survived() {
-    let stack = stack_with(&[]).await;
-    let (user, drive_key) = connected(&stack).await;
-    let sub = record(&stack, &drive_key).await;
-    stack.clock.advance(chrono::Duration::days(27));
-    stack
-        .sim
-        .sim()
-        .add_fault(fault_on(&sub.subscription_id, 503, 2, None));
+    let (stack, user, drive_key) = due_with_fault(503, 2).await;
 
     for _ in 0..2 {
         let failed = run(&stack).await;
@@ -486,14 +473,7 @@ async fn two_failed_runs_in_a_row_on_graph_503_are_survived() {
 
 #[tokio::test]
 async fn any_other_graph_answer_is_counted_backed_off_and_retried_next_run() {
-    let stack = stack_with(&[]).await;
-    let (_user, drive_key) = connected(&stack).await;
-    let sub = record(&stack, &drive_key).await;
-    stack.clock.advance(chrono::Duration::days(27));
-    stack
-        .sim
-        .sim()
-        .add_fault(fault_on(&sub.subscription_id, 500, 1, None));
+    let (stack, _user, drive_key) = due_with_fault(500, 1).await;
 
     let failed = run(&stack).await;
     assert_eq!(failed.failed.get("graph"), Some(&1), "{failed:?}");

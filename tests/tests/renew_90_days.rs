@@ -138,13 +138,7 @@ async fn ninety_days_of_scheduled_runs_end_with_no_expired_subscription_and_no_m
         "the closest any subscription came to lapsing: {lowest_time_to_expiry} s"
     );
     for (user, (drive, first)) in users.iter().zip(drives.iter().zip(&first_ids)) {
-        let live: Vec<_> = stack
-            .sim
-            .sim()
-            .subscriptions()
-            .into_iter()
-            .filter(|s| s.creator_id == user.created.user_id)
-            .collect();
+        let live = stack.live_subscriptions(user);
         assert_eq!(live.len(), 1);
         assert_eq!(&live[0].id, first, "the same subscription, renewed for 90 days");
         let record = store.subscription(drive).await.unwrap().unwrap();

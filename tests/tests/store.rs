@@ -98,18 +98,14 @@ async fn a_subscription_record_is_indexed_by_expiry_on_a_sharded_key() {
     let stack = TestStack::start().await;
     let store = store(&stack);
     let drive = DriveKey::random();
-    let record = shared::store::SubscriptionRecord {
-        drive_key: drive,
-        subscription_id: "s-1".into(),
-        expires_at: "2026-12-20T10:00:00Z".parse().unwrap(),
-        key_id: "local".into(),
-        resource: "me/drive/root".into(),
-        generation: 1,
-        parked: false,
-        failures: 0,
-        retry_at: None,
-        version: 1,
-    };
+    let record = SubscriptionRecord::first(
+        drive,
+        "s-1",
+        "2026-12-20T10:00:00Z".parse().unwrap(),
+        "local",
+        "me/drive/root",
+        1,
+    );
     store.put_subscription(&record).await.unwrap();
     assert!(
         matches!(store.put_subscription(&record).await, Err(StoreError::Conflict)),
@@ -145,18 +141,14 @@ fn key_on_shard(shard: u8, n: u16) -> DriveKey {
 }
 
 fn subscription(drive_key: DriveKey, expires_at: chrono::DateTime<chrono::Utc>) -> SubscriptionRecord {
-    SubscriptionRecord {
+    SubscriptionRecord::first(
         drive_key,
-        subscription_id: format!("s-{drive_key}"),
+        format!("s-{drive_key}"),
         expires_at,
-        key_id: "local".into(),
-        resource: "me/drive/root".into(),
-        generation: 1,
-        parked: false,
-        failures: 0,
-        retry_at: None,
-        version: 1,
-    }
+        "local",
+        "me/drive/root",
+        1,
+    )
 }
 
 #[tokio::test]
