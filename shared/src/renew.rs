@@ -564,8 +564,13 @@ impl Renewer {
             Some(s) if s.state != DriveStatus::Disconnected => s,
             _ => {
                 // A disconnect that could not reach Graph left the record: Graph lets the
-                // subscription lapse, and its notifications land on a tombstone.
-                return match self.store.delete_subscription(&drive_key).await {
+                // subscription lapse, and its notifications land on a tombstone. Only this
+                // version goes: a reconnect racing this run may have written the next.
+                return match self
+                    .store
+                    .delete_subscription_version(&drive_key, record.version)
+                    .await
+                {
                     Ok(()) => Renewal::Dropped,
                     Err(e) => Renewal::Failed(Failure::Store(e.to_string())),
                 };

@@ -329,6 +329,13 @@ pub trait ConnectionStore: Send + Sync {
     /// `next.version == 1`).
     fn put_subscription<'a>(&'a self, next: &'a SubscriptionRecord) -> BoxFuture<'a, Result<(), StoreError>>;
     fn delete_subscription<'a>(&'a self, drive_key: &'a DriveKey) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Deletes the drive's subscription record only if it is still at `version`: one written
+    /// since (a reconnect's) is kept. Ok either way.
+    fn delete_subscription_version<'a>(
+        &'a self,
+        drive_key: &'a DriveKey,
+        version: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// The DynamoDB adapter.
@@ -520,6 +527,29 @@ impl ConnectionStore for DynamoStore {
                 .await
                 .map_err(call_error)?;
             Ok(())
+        })
+    }
+
+    fn delete_subscription_version<'a>(
+        &'a self,
+        drive_key: &'a DriveKey,
+        version: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let deleted = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(drive_pk(drive_key), "SUB")))
+                .condition_expression("version = :version")
+                .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
+                .send()
+                .await;
+            match deleted {
+                Ok(_) => Ok(()),
+                Err(e) if is_condition_failure(&e) => Ok(()),
+                Err(e) => Err(call_error(e)),
+            }
         })
     }
 }
@@ -769,6 +799,18 @@ impl ConnectionStore for MemoryStore {
 
     fn delete_subscription<'a>(&'a self, drive_key: &'a DriveKey) -> BoxFuture<'a, Result<(), StoreError>> {
         guard(&self.subscriptions).remove(drive_key);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete_subscription_version<'a>(
+        &'a self,
+        drive_key: &'a DriveKey,
+        version: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let mut subs = guard(&self.subscriptions);
+        if subs.get(drive_key).is_some_and(|s| s.version == version) {
+            subs.remove(drive_key);
+        }
         Box::pin(async { Ok(()) })
     }
 }

@@ -156,6 +156,13 @@ impl ConnectionStore for CountingDrives {
     fn delete_subscription<'a>(&'a self, drive_key: &'a DriveKey) -> BoxFuture<'a, Result<(), StoreError>> {
         self.inner.delete_subscription(drive_key)
     }
+    fn delete_subscription_version<'a>(
+        &'a self,
+        drive_key: &'a DriveKey,
+        version: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.delete_subscription_version(drive_key, version)
+    }
 }
 
 async fn dynamodb_cost(http: &reqwest::Client, sim: &SimProcess, full: bool) {

@@ -130,6 +130,12 @@ async fn a_subscription_record_is_indexed_by_expiry_on_a_sharded_key() {
         .unwrap();
     assert_eq!(found.count, 1);
     assert!(record.expiry_shard().starts_with("EXP#"));
+
+    // A conditional delete of another version keeps the record; of its own version, deletes it.
+    store.delete_subscription_version(&drive, 2).await.unwrap();
+    assert!(store.subscription(&drive).await.unwrap().is_some());
+    store.delete_subscription_version(&drive, 1).await.unwrap();
+    assert!(store.subscription(&drive).await.unwrap().is_none());
 }
 
 fn key_on_shard(shard: u8, n: u16) -> DriveKey {
