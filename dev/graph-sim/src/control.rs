@@ -1,7 +1,7 @@
 //! The control API under `/_sim`: what tests and `make local` use to arrange the simulated world
-//! (users, tenants, apps, tokens, drive changes and bulk populates, delta quirks, faults,
-//! throttles, subscription seeding and removal, settings and latency, the clock, signing keys,
-//! auth failures) and to look inside it. Every route is a thin wrapper over a [`Sim`] method;
+//! (users, tenants, apps and public client apps, tokens, device-code approvals, drive changes and
+//! bulk populates, delta quirks, upload sessions, faults, throttles, subscription seeding and
+//! removal, settings and latency, the clock, signing keys, auth failures) and to look inside it. Every route is a thin wrapper over a [`Sim`] method;
 //! request and response bodies are snake_case JSON, errors are `{"error":{"code","message"}}`
 //! (see the README). Control calls are never delayed by the latency setting.
 
@@ -18,9 +18,10 @@ use serde_json::{Value, json};
 use crate::Latency;
 use crate::delta::DeltaQuirks;
 use crate::drive::{Item, ItemUpdate, NewItem, Populate, Populated};
+use crate::entra::device::DeviceCodeInfo;
 use crate::entra::jwt::{ApiToken, Audience, MintedToken, Tamper, TokenVersion};
 use crate::entra::keys::SigningKeyInfo;
-use crate::entra::{AuthFailure, RegisterApp, RegisteredApp, Repeat};
+use crate::entra::{AuthFailure, ClientApp, RegisterApp, RegisterClientApp, RegisteredApp, Repeat};
 use crate::errors::SimError;
 use crate::faults::Fault;
 use crate::identity::{IssuedToken, Tenant};
@@ -53,6 +54,18 @@ pub(crate) fn router() -> Router<Sim> {
         .route("/users/{user_id}/refresh-token", post(issue_refresh_token))
         .route("/tenants", post(create_tenant))
         .route("/apps", get(apps).post(register_app))
+        .route("/client-apps", get(client_apps).post(register_client_app))
+        .route("/devicelogin", get(device_login_page))
+        .route("/devicecode", get(device_codes))
+        .route("/devicecode/approve", post(approve_device_code))
+        .route("/devicecode/deny", post(deny_device_code))
+        .route("/devicecode/approve-next", post(approve_next_device_code))
+        .route("/uploads", get(upload_sessions))
+        .route(
+            "/uploads/{session_id}",
+            axum::routing::delete(expire_upload_session),
+        )
+        .route("/drives/{drive_id}/by-path", get(item_by_path))
         .route("/keys", get(signing_keys))
         .route("/keys/rotate", post(rotate_signing_key))
         .route("/keys/retire", post(retire_old_signing_keys))
@@ -182,6 +195,124 @@ async fn register_app(
 
 async fn apps(State(sim): State<Sim>) -> Json<Value> {
     Json(json!({"value": sim.apps()}))
+}
+
+async fn register_client_app(
+    State(sim): State<Sim>,
+    body: Bytes,
+) -> ControlResult<(StatusCode, Json<ClientApp>)> {
+    let request: RegisterClientApp = required_body(&body)?;
+    Ok((StatusCode::CREATED, Json(sim.register_client_app(request)?)))
+}
+
+async fn client_apps(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!({"value": sim.client_apps()}))
+}
+
+/// `GET /_sim/devicelogin`, the `verification_uri` of device codes: a plain-text page saying how
+/// a simulated user approves a code (there is no browser sign-in).
+async fn device_login_page(State(sim): State<Sim>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let base = format!("{}/_sim/devicecode", sim.authority_host());
+    let pending: Vec<String> = sim
+        .device_codes()
+        .into_iter()
+        .filter(|code| code.status == crate::DeviceCodeStatus::Pending && !code.expired)
+        .map(|code| {
+            format!(
+                "  {}  client {}  scope '{}'",
+                code.user_code, code.client_id, code.scope
+            )
+        })
+        .collect();
+    let listed = if pending.is_empty() {
+        "  (none)".to_owned()
+    } else {
+        pending.join("\n")
+    };
+    let page = format!(
+        "graph-sim device login\n\nThe simulator has no sign-in page: a simulated user approves a code through \
+         the control API.\n\nPending codes:\n{listed}\n\nApprove one:\n  curl -X POST {base}/approve -H \
+         'content-type: application/json' -d '{{\"user_code\":\"<code>\",\"user_id\":\"<user id>\"}}'\nApprove \
+         the oldest:\n  curl -X POST {base}/approve-next -H 'content-type: application/json' -d \
+         '{{\"user_id\":\"<user id>\"}}'\nDecline:\n  curl -X POST {base}/deny -H 'content-type: application/json' \
+         -d '{{\"user_code\":\"<code>\"}}'\n"
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        page,
+    )
+}
+
+async fn device_codes(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!({"value": sim.device_codes()}))
+}
+
+/// The body of `POST /_sim/devicecode/approve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveDeviceCode {
+    user_code: String,
+    user_id: String,
+}
+
+async fn approve_device_code(State(sim): State<Sim>, body: Bytes) -> ControlResult<Json<DeviceCodeInfo>> {
+    let request: ApproveDeviceCode = required_body(&body)?;
+    Ok(Json(
+        sim.approve_device_code(&request.user_code, &request.user_id)?,
+    ))
+}
+
+/// The body of `POST /_sim/devicecode/deny`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyDeviceCode {
+    user_code: String,
+}
+
+async fn deny_device_code(State(sim): State<Sim>, body: Bytes) -> ControlResult<Json<DeviceCodeInfo>> {
+    let request: DenyDeviceCode = required_body(&body)?;
+    Ok(Json(sim.deny_device_code(&request.user_code)?))
+}
+
+/// The body of `POST /_sim/devicecode/approve-next`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveNextDeviceCode {
+    user_id: String,
+}
+
+async fn approve_next_device_code(
+    State(sim): State<Sim>,
+    body: Bytes,
+) -> ControlResult<Json<DeviceCodeInfo>> {
+    let request: ApproveNextDeviceCode = required_body(&body)?;
+    Ok(Json(sim.approve_next_device_code(&request.user_id)?))
+}
+
+async fn upload_sessions(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!({"value": sim.upload_sessions()}))
+}
+
+async fn expire_upload_session(
+    State(sim): State<Sim>,
+    Path(session_id): Path<String>,
+) -> ControlResult<StatusCode> {
+    sim.expire_upload_session(&session_id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The query of `GET /_sim/drives/{id}/by-path`.
+#[derive(Debug, Deserialize)]
+struct ByPath {
+    path: String,
+}
+
+async fn item_by_path(
+    State(sim): State<Sim>,
+    Path(drive_id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ByPath>,
+) -> ControlResult<Json<Item>> {
+    Ok(Json(sim.item_by_path(&drive_id, &query.path)?))
 }
 
 /// The body of `POST /_sim/users/{id}/api-token`; every field optional (see the README).

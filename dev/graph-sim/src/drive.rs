@@ -308,6 +308,10 @@ pub struct Item {
     /// Changes only when the content changes (and on creation).
     pub ctag: String,
     pub size: u64,
+    /// The SHA-256 of the content (uppercase hex, as Graph's `file.hashes.sha256Hash`), for files
+    /// whose content came through Graph (a simple upload or an upload session); `None` for
+    /// folders, files made by the control API or a populate, and after a control-API modify.
+    pub sha256: Option<String>,
     pub folder: bool,
     pub deleted: bool,
     /// Sim time of the last change.
@@ -386,6 +390,37 @@ pub struct NewItem {
     pub size: u64,
 }
 
+/// What to do when an uploaded file's name is taken in its folder
+/// (`@microsoft.graph.conflictBehavior`): the default is `replace` for a simple upload (`PUT
+/// …/content`) and `fail` for an upload session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictBehavior {
+    Fail,
+    Replace,
+    Rename,
+}
+
+impl ConflictBehavior {
+    /// `fail`, `replace` or `rename`, in any case.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "fail" => Some(Self::Fail),
+            "replace" => Some(Self::Replace),
+            "rename" => Some(Self::Rename),
+            _ => None,
+        }
+    }
+}
+
+/// An uploaded file's content as the simulator keeps it: its length and SHA-256 (uppercase hex),
+/// never the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    pub size: u64,
+    pub sha256: String,
+}
+
 /// A rename and/or move.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -452,6 +487,7 @@ impl Drive {
             etag: String::new(),
             ctag: String::new(),
             size: 0,
+            sha256: None,
             folder: true,
             deleted: false,
             last_modified_date_time: now,
@@ -878,6 +914,7 @@ impl Drive {
             etag: String::new(),
             ctag: String::new(),
             size: if folder { 0 } else { size },
+            sha256: None,
             folder,
             deleted: false,
             last_modified_date_time: now,
@@ -1022,6 +1059,115 @@ impl Drive {
         if let Some(size) = size {
             item.size = size;
         }
+        // The new content is not known to the simulator.
+        item.sha256 = None;
+        item.bump(true, seq, now);
+        Ok(Change {
+            item: item.clone(),
+            touched: vec![id.to_owned()],
+        })
+    }
+
+    /// The live item named `name` (case-insensitively, as OneDrive compares names) directly in
+    /// the folder `parent_id`.
+    pub fn child_named(&self, parent_id: &str, name: &str) -> Option<&Item> {
+        self.items.iter().find(|item| {
+            !item.deleted
+                && item.parent_id.as_deref() == Some(parent_id)
+                && item.name.eq_ignore_ascii_case(name)
+        })
+    }
+
+    /// The live item at `path` below the root (`a/b/c.txt`; empty segments ignored, so `/a/` is
+    /// the folder `a`; an empty path is the root).
+    pub fn item_by_path(&self, path: &str) -> Result<&Item, SimError> {
+        let mut current = self.live(&self.root_id)?;
+        for segment in path.split('/').filter(|segment| !segment.is_empty()) {
+            current = self
+                .child_named(&current.id, segment)
+                .ok_or_else(|| SimError::NotFound(format!("no item at '{path}' in drive {}", self.id)))?;
+        }
+        Ok(current)
+    }
+
+    /// `name` made unique in the folder the way OneDrive renames: `report 1.pdf`, `report 2.pdf`,
+    /// … (the number goes before the extension; a folder or a name without one gets it at the end).
+    pub fn unique_name(&self, parent_id: &str, name: &str) -> String {
+        if self.child_named(parent_id, name).is_none() {
+            return name.to_owned();
+        }
+        let (stem, extension) = match name.rfind('.') {
+            Some(dot) if dot > 0 => name.split_at(dot),
+            _ => (name, ""),
+        };
+        (1..=self.items.len() + 1)
+            .map(|number| format!("{stem} {number}{extension}"))
+            .find(|candidate| self.child_named(parent_id, candidate).is_none())
+            .unwrap_or_else(|| format!("{stem} {}{extension}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Puts an uploaded file named `name` in the folder `parent_id`: a new file, or, when a live
+    /// item has that name, what `behavior` says: `Fail` → conflict; `Replace` → the file's content
+    /// is replaced (same id, new eTag and cTag; a folder is never replaced: conflict); `Rename` → a
+    /// new file under [`Drive::unique_name`]. Returns the change and whether an item was created.
+    pub fn put_file(
+        &mut self,
+        parent_id: &str,
+        name: &str,
+        content: &Content,
+        behavior: ConflictBehavior,
+        now: DateTime<Utc>,
+    ) -> Result<(Change, bool), SimError> {
+        self.live_folder(parent_id)?;
+        Self::check_name(name)?;
+        let existing = self
+            .child_named(parent_id, name)
+            .map(|item| (item.id.clone(), item.folder));
+        let name = match (existing, behavior) {
+            (None, _) => name.to_owned(),
+            (Some(_), ConflictBehavior::Rename) => self.unique_name(parent_id, name),
+            (Some((id, false)), ConflictBehavior::Replace) => {
+                return Ok((self.replace_content(&id, content, now)?, false));
+            }
+            (Some(_), ConflictBehavior::Fail | ConflictBehavior::Replace) => {
+                return Err(SimError::Conflict(format!(
+                    "an item named '{name}' already exists in folder {parent_id}"
+                )));
+            }
+        };
+        let id = self.new_item_id();
+        let mut item = self.new_item(id.clone(), parent_id.to_owned(), name, false, content.size, now);
+        item.sha256 = Some(content.sha256.clone());
+        let seq = self.journal_append(&id);
+        item.bump(true, seq, now);
+        self.insert(item.clone());
+        Ok((
+            Change {
+                item,
+                touched: vec![id],
+            },
+            true,
+        ))
+    }
+
+    /// Replaces a file's content with an upload: new size and hash, new eTag and cTag, same id.
+    pub fn replace_content(
+        &mut self,
+        id: &str,
+        content: &Content,
+        now: DateTime<Utc>,
+    ) -> Result<Change, SimError> {
+        if self.live(id)?.folder {
+            return Err(SimError::BadRequest(format!(
+                "item {id} is a folder; only files have content"
+            )));
+        }
+        let seq = self.journal_append(id);
+        let item = self
+            .get_mut(id)
+            .ok_or_else(|| SimError::NotFound(id.to_owned()))?;
+        item.size = content.size;
+        item.sha256 = Some(content.sha256.clone());
         item.bump(true, seq, now);
         Ok(Change {
             item: item.clone(),
@@ -1311,6 +1457,108 @@ mod tests {
             forgetful.delta_page(&next, 2).items.len(),
             2,
             "the lenient form starts again"
+        );
+    }
+
+    fn content(size: u64, hash: &str) -> Content {
+        Content {
+            size,
+            sha256: hash.to_owned(),
+        }
+    }
+
+    #[test]
+    fn putting_a_file_creates_replaces_renames_or_fails_on_a_taken_name() {
+        let now = Utc::now();
+        let mut drive = Drive::new("u", "t", false, now);
+        let root = drive.root_id.clone();
+        let (first, created) = drive
+            .put_file(
+                &root,
+                "Report.pdf",
+                &content(3, "AA"),
+                ConflictBehavior::Fail,
+                now,
+            )
+            .expect("new");
+        assert!(created);
+        assert_eq!((first.item.size, first.item.sha256.as_deref()), (3, Some("AA")));
+        let (replaced, created) = drive
+            .put_file(
+                &root,
+                "report.PDF",
+                &content(5, "BB"),
+                ConflictBehavior::Replace,
+                now,
+            )
+            .expect("replace");
+        assert!(!created);
+        assert_eq!(replaced.item.id, first.item.id);
+        assert_ne!(
+            (&replaced.item.etag, &replaced.item.ctag),
+            (&first.item.etag, &first.item.ctag)
+        );
+        assert_eq!(
+            (replaced.item.size, replaced.item.name.as_str()),
+            (5, "Report.pdf")
+        );
+        assert!(matches!(
+            drive.put_file(
+                &root,
+                "Report.pdf",
+                &content(1, "CC"),
+                ConflictBehavior::Fail,
+                now
+            ),
+            Err(SimError::Conflict(_))
+        ));
+        let (renamed, _) = drive
+            .put_file(
+                &root,
+                "Report.pdf",
+                &content(1, "CC"),
+                ConflictBehavior::Rename,
+                now,
+            )
+            .expect("rename");
+        assert_eq!(renamed.item.name, "Report 1.pdf");
+        let (again, _) = drive
+            .put_file(
+                &root,
+                "Report.pdf",
+                &content(1, "DD"),
+                ConflictBehavior::Rename,
+                now,
+            )
+            .expect("rename");
+        assert_eq!(again.item.name, "Report 2.pdf");
+        let docs = drive
+            .create_item(&folder(None, "Docs"), now)
+            .expect("folder")
+            .item;
+        assert!(matches!(
+            drive.put_file(&root, "docs", &content(1, "EE"), ConflictBehavior::Replace, now),
+            Err(SimError::Conflict(_))
+        ));
+        assert_eq!(drive.unique_name(&root, "Docs"), "Docs 1");
+        assert_eq!(drive.unique_name(&root, ".profile"), ".profile");
+        let (nested, _) = drive
+            .put_file(&docs.id, "a.txt", &content(2, "FF"), ConflictBehavior::Fail, now)
+            .expect("nested");
+        assert_eq!(
+            drive.item_by_path("/docs/A.TXT/").map(|item| &item.id),
+            Ok(&nested.item.id)
+        );
+        assert_eq!(drive.item_by_path("").map(|item| &item.id), Ok(&root));
+        assert!(drive.item_by_path("docs/missing.txt").is_err());
+        assert!(
+            drive
+                .modify_item(&nested.item.id, Some(9), now)
+                .expect("modify")
+                .item
+                .sha256
+                .is_none(),
+            "a control modify forgets the hash"
         );
     }
 

@@ -46,6 +46,18 @@ pub const MSG_DELEGATED_ONLY: &str = "/me request is only valid with delegated a
 pub const MSG_ACCESS_DENIED: &str =
     "Access denied. You do not have permission to perform this action or access this resource.";
 
+/// §9.3 / ODAD errors.md: `nameAlreadyExists`.
+pub const MSG_NAME_ALREADY_EXISTS: &str = "The specified item name already exists.";
+/// ODAD errors.md `uploadSessionNotFound`.
+pub const MSG_UPLOAD_SESSION_NOT_FOUND: &str = "Upload session not found.";
+/// ODAD errors.md: the example body of `invalidRange` / `fragmentOverlap`.
+pub const MSG_FRAGMENT_OVERLAP: &str = "Uploaded fragment overlaps with existing data.";
+/// ODAD errors.md `fragmentOutOfOrder`.
+pub const MSG_FRAGMENT_OUT_OF_ORDER: &str = "Uploaded fragment is out of order.";
+/// ODAD errors.md `fragmentLengthMismatch`.
+pub const MSG_FRAGMENT_LENGTH_MISMATCH: &str =
+    "Declared total size for this fragment is different from that of the upload session.";
+
 /// §1.3/§1.6: an expiration beyond the resource's maximum.
 pub fn expiration_too_far_message(max_minutes: i64) -> String {
     format!("Subscription expiration can only be {max_minutes} minutes in the future.")
@@ -167,6 +179,151 @@ impl GraphError {
             StatusCode::NOT_FOUND,
             "itemNotFound",
             "The resource could not be found.",
+        )
+    }
+
+    /// 409 `nameAlreadyExists` (§9.3): an upload whose name is taken, with `fail`.
+    pub fn name_already_exists() -> Self {
+        Self::new(StatusCode::CONFLICT, "nameAlreadyExists", MSG_NAME_ALREADY_EXISTS)
+    }
+
+    /// 403 `accessDenied` for a write with a token whose scopes do not allow writing files.
+    pub fn write_denied() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "accessDenied", MSG_ACCESS_DENIED)
+    }
+
+    /// 413 for a simple upload larger than its limit (inner `maxStreamSizeExceeded`).
+    pub fn simple_upload_too_large(max_bytes: u64) -> Self {
+        Self {
+            inner_code: Some("maxStreamSizeExceeded"),
+            ..Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalidRequest",
+                format!(
+                    "Maximum stream size exceeded. A simple upload may carry at most {max_bytes} bytes; use an \
+                     upload session for larger files."
+                ),
+            )
+        }
+    }
+
+    /// 404 on an upload URL whose session is gone: cancelled, committed or expired (§9.3).
+    pub fn upload_session_not_found() -> Self {
+        Self {
+            inner_code: Some("uploadSessionNotFound"),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "itemNotFound",
+                MSG_UPLOAD_SESSION_NOT_FOUND,
+            )
+        }
+    }
+
+    /// 401 for an upload-URL request that carries `Authorization` (§9.2: the URL is
+    /// pre-authenticated; sending the header "can cause 401").
+    pub fn upload_url_with_authorization() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "The upload URL is pre-authenticated: do not send an Authorization header to it.",
+        )
+    }
+
+    /// 411: a fragment or upload without `Content-Length`.
+    pub fn length_required() -> Self {
+        Self::new(
+            StatusCode::LENGTH_REQUIRED,
+            "invalidRequest",
+            "A Content-Length header is required on the request.",
+        )
+    }
+
+    /// 416 `invalidRange` / `fragmentOverlap` (§9.2): bytes the session already has.
+    pub fn fragment_overlap() -> Self {
+        Self {
+            inner_code: Some("fragmentOverlap"),
+            ..Self::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "invalidRange",
+                MSG_FRAGMENT_OVERLAP,
+            )
+        }
+    }
+
+    /// 416 `invalidRange` / `fragmentOutOfOrder` (§9.2): a fragment after a gap.
+    pub fn fragment_out_of_order() -> Self {
+        Self {
+            inner_code: Some("fragmentOutOfOrder"),
+            ..Self::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "invalidRange",
+                MSG_FRAGMENT_OUT_OF_ORDER,
+            )
+        }
+    }
+
+    /// 400 `invalidRequest` / `fragmentLengthMismatch` (§9.2): a total unlike the session's.
+    pub fn fragment_length_mismatch() -> Self {
+        Self {
+            inner_code: Some("fragmentLengthMismatch"),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalidRequest",
+                MSG_FRAGMENT_LENGTH_MISMATCH,
+            )
+        }
+    }
+
+    /// 413 `invalidRequest` / `maxFragmentLengthExceeded` (§9.2: each request < 60 MiB).
+    pub fn fragment_too_large(length: u64, max_bytes: u64) -> Self {
+        Self {
+            inner_code: Some("maxFragmentLengthExceeded"),
+            ..Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalidRequest",
+                format!(
+                    "The fragment is {length} bytes; each fragment must be smaller than {max_bytes} bytes."
+                ),
+            )
+        }
+    }
+
+    /// 400 `invalidRange`: a fragment other than the last whose length is not a multiple of
+    /// 320 KiB (§9.2 says such uploads may fail to commit; the simulator refuses them at once).
+    pub fn fragment_not_a_multiple(length: u64, multiple: u64) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalidRange",
+            format!(
+                "Every fragment but the last must be a multiple of {multiple} bytes (320 KiB); this one is \
+                 {length} bytes."
+            ),
+        )
+    }
+
+    /// 416 `invalidRange` for a Content-Range that does not describe bytes of the file.
+    pub fn invalid_range(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "invalidRange", message)
+    }
+
+    /// 400 `invalidRequest` / `uploadSessionIncomplete`: a commit before every byte arrived.
+    pub fn upload_session_incomplete() -> Self {
+        Self {
+            inner_code: Some("uploadSessionIncomplete"),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalidRequest",
+                "Upload session incomplete.",
+            )
+        }
+    }
+
+    /// 400 for a request body that ended early (the client went away): nothing of it is kept.
+    pub fn body_interrupted() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalidRequest",
+            "The request body ended before all of its bytes arrived; none of them were kept.",
         )
     }
 

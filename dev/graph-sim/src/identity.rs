@@ -46,6 +46,32 @@ pub struct Grant {
     pub expires_at: DateTime<Utc>,
     /// An app-only token (client credentials): no user, `user_id` is empty.
     pub app_only: bool,
+    /// The Graph scopes the token endpoint granted (short names, e.g. `Files.ReadWrite`), or
+    /// `None` for control-API tokens, which may do anything their user may.
+    pub scopes: Option<Vec<String>>,
+}
+
+/// Delegated scopes that allow writing a user's files (the permissions of `PUT …/content` and
+/// `createUploadSession`), and `.default`, which stands for whatever was consented.
+pub const WRITE_SCOPES: [&str; 6] = [
+    "Files.ReadWrite",
+    "Files.ReadWrite.All",
+    "Sites.ReadWrite.All",
+    "Sites.Manage.All",
+    "Sites.FullControl.All",
+    ".default",
+];
+
+impl Grant {
+    /// Whether the token may write files: a control-API token always, a token from the token
+    /// endpoint only with one of [`WRITE_SCOPES`].
+    pub fn may_write(&self) -> bool {
+        self.scopes.as_ref().is_none_or(|scopes| {
+            scopes
+                .iter()
+                .any(|scope| WRITE_SCOPES.iter().any(|write| write.eq_ignore_ascii_case(scope)))
+        })
+    }
 }
 
 /// A freshly issued token.
@@ -88,6 +114,31 @@ impl Identity {
                 app_id: app_id.to_owned(),
                 expires_at: now + lifetime,
                 app_only: false,
+                scopes: None,
+            },
+            now,
+        )
+    }
+
+    /// Mints a delegated token like [`Identity::issue_token`] that carries the Graph scopes the
+    /// token endpoint granted (short names), so Graph can refuse writes without a write scope.
+    pub fn issue_scoped_token(
+        &mut self,
+        tenant_id: &str,
+        user_id: &str,
+        app_id: &str,
+        scopes: Vec<String>,
+        now: DateTime<Utc>,
+        lifetime: chrono::Duration,
+    ) -> IssuedToken {
+        self.insert(
+            Grant {
+                tenant_id: tenant_id.to_owned(),
+                user_id: user_id.to_owned(),
+                app_id: app_id.to_owned(),
+                expires_at: now + lifetime,
+                app_only: false,
+                scopes: Some(scopes),
             },
             now,
         )
@@ -109,6 +160,7 @@ impl Identity {
                 app_id: app_id.to_owned(),
                 expires_at: now + lifetime,
                 app_only: true,
+                scopes: None,
             },
             now,
         )
@@ -164,6 +216,24 @@ mod tests {
                 .is_none()
         );
         assert!(identity.authenticate("simgraph.unknown", now).is_none());
+    }
+
+    #[test]
+    fn only_tokens_with_a_write_scope_or_no_recorded_scopes_may_write() {
+        let mut identity = Identity::default();
+        let now = Utc::now();
+        let hour = chrono::Duration::hours(1);
+        let control = identity.issue_token("t", "u", DEFAULT_APP_ID, now, hour);
+        let reader = identity.issue_scoped_token("t", "u", "cli", vec!["Files.Read".into()], now, hour);
+        let writer = identity.issue_scoped_token("t", "u", "cli", vec!["files.readwrite".into()], now, hour);
+        let may_write = |token: &IssuedToken| {
+            identity
+                .authenticate(&token.access_token, now)
+                .is_some_and(Grant::may_write)
+        };
+        assert!(may_write(&control));
+        assert!(!may_write(&reader));
+        assert!(may_write(&writer));
     }
 
     #[test]

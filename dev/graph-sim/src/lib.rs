@@ -1,10 +1,12 @@
 //! graph-sim: a local Microsoft Graph and Entra ID simulator for graphfeed's tests and `make local`.
 //!
 //! It serves Graph under `/v1.0` (subscriptions with their real rules and error texts, the
-//! validation handshake, read-only drives, the drive delta feed with OneDrive's paging and content
-//! quirks ([`delta`]), throttling with Retry-After and penalties ([`throttle`])), Entra ID at the
-//! root of the same app (OIDC metadata, JWKS with key rotation, the token endpoint for
-//! on-behalf-of, refresh and client credentials; see [`entra`]) and a control API under `/_sim`
+//! validation handshake, drives, the drive delta feed with OneDrive's paging and content quirks
+//! ([`delta`]), simple uploads and upload sessions with their upload URLs ([`uploads`]),
+//! throttling with Retry-After and penalties ([`throttle`])), Entra ID at the root of the same app
+//! (OIDC metadata, JWKS with key rotation, the token endpoint for on-behalf-of, refresh, client
+//! credentials and the device-code flow of public client apps; see [`entra`]) and a control API
+//! under `/_sim`
 //! (users, tenants, apps and tokens, drive changes and bulk populates, delta quirks, the clock,
 //! faults, throttles, settings, injected auth failures, counters, the delivery log, bulk-seeded
 //! subscriptions for benchmarks). Drive changes become change notifications delivered to webhooks
@@ -46,6 +48,7 @@ pub mod state;
 pub mod subscriptions;
 pub mod throttle;
 pub mod time;
+pub mod uploads;
 pub mod validation;
 
 use std::net::SocketAddr;
@@ -58,14 +61,16 @@ use shared::clock::OffsetClock;
 pub use crate::delivery::{DeliveryAttempt, EndpointReport, NotificationKind, Outcome};
 pub use crate::delta::DeltaQuirks;
 pub use crate::drive::{
-    DeltaCursor, DeltaToken, Item, ItemUpdate, JournalEntry, NewItem, Populate, Populated,
+    ConflictBehavior, Content, DeltaCursor, DeltaToken, Item, ItemUpdate, JournalEntry, NewItem, Populate,
+    Populated,
 };
+pub use crate::entra::device::{DeviceCodeInfo, DeviceCodeStatus};
 pub use crate::entra::errors::EntraError;
 pub use crate::entra::jwt::{ApiToken, Audience, MintedToken, Tamper, TokenVersion};
 pub use crate::entra::keys::SigningKeyInfo;
 pub use crate::entra::{
-    AuthFailure, CONSUMER_TENANT_ID, DEFAULT_API_SCOPE, DEFAULT_APP_ID_URI, DEFAULT_CLIENT_APP_ID,
-    DEFAULT_CLIENT_SECRET, RegisterApp, RegisteredApp, Repeat,
+    AuthFailure, CONSUMER_TENANT_ID, ClientApp, DEFAULT_API_SCOPE, DEFAULT_APP_ID_URI, DEFAULT_CLIENT_APP_ID,
+    DEFAULT_CLIENT_APP_NAME, DEFAULT_CLIENT_SECRET, RegisterApp, RegisterClientApp, RegisteredApp, Repeat,
 };
 pub use crate::errors::SimError;
 pub use crate::faults::Fault;
@@ -74,6 +79,7 @@ pub use crate::sim::{CreatedUser, NewSimError, NewTenant, NewUser, SeedSubscript
 pub use crate::state::{Counters, Settings};
 pub use crate::subscriptions::{LifecycleEvent, Subscription};
 pub use crate::throttle::{Throttle, ThrottleStatus};
+pub use crate::uploads::{Destination, UploadSessionInfo};
 
 /// Deadlines, windows and thresholds. Fields named for real time are real-time budgets (HTTP
 /// deadlines); the rest are on the simulated clock. Defaults are Graph's values
@@ -125,6 +131,16 @@ pub struct Timing {
     pub reauthorization_steady_below: Duration,
     /// The steady interval (§4: every 15 minutes).
     pub reauthorization_steady_interval: Duration,
+    /// How long a device code can be approved and redeemed (sim time; Entra's `expires_in`, 900 s).
+    pub device_code_lifetime: Duration,
+    /// The `interval` of a device code: a poll of the token endpoint sooner than this after the
+    /// previous poll of the same code is answered `slow_down`. **Real time**, since a polling
+    /// client sleeps in real time (Entra: 5 s; the JSON carries whole seconds, rounded up; zero
+    /// never answers `slow_down`).
+    pub device_code_interval: StdDuration,
+    /// How long an upload session's URL works (sim time from its creation, not extended by
+    /// fragments; the answers' `expirationDateTime`). OneDrive's are seen to last 24 hours (§9).
+    pub upload_session_lifetime: Duration,
 }
 
 impl Default for Timing {
@@ -150,14 +166,17 @@ impl Default for Timing {
             reauthorization_start: Some(Duration::minutes(180)),
             reauthorization_steady_below: Duration::minutes(60),
             reauthorization_steady_interval: Duration::minutes(15),
+            device_code_lifetime: Duration::minutes(15),
+            device_code_interval: StdDuration::from_secs(5),
+            upload_session_lifetime: Duration::hours(24),
         }
     }
 }
 
 impl Timing {
     /// Graph's rules with short real-time deadlines (validation 1 s, first delivery 300 ms,
-    /// retries 1 s, batching 20 ms), so tests of timeouts run in well under a second each.
-    /// Sim-time values are unchanged.
+    /// retries 1 s, batching 20 ms, device-code polling every 1 s), so tests of timeouts run in
+    /// well under a second each. Sim-time values are unchanged.
     pub fn fast() -> Self {
         Self {
             validation: StdDuration::from_secs(1),
@@ -165,6 +184,7 @@ impl Timing {
             retry: StdDuration::from_secs(1),
             batch_window: StdDuration::from_millis(20),
             tick: StdDuration::from_millis(20),
+            device_code_interval: StdDuration::from_secs(1),
             ..Self::default()
         }
     }
@@ -172,9 +192,10 @@ impl Timing {
 
 /// Real time added to calls before they are answered, as a network round trip to the cloud would
 /// (graphfeed's Lambdas talk to Graph and Entra over the internet). Zero, the default, adds
-/// nothing. `graph` delays every call under `/v1.0` (faulted, throttled and refused calls too;
-/// a fault's own `delay_ms` comes on top), `token` every call of Entra's token endpoint
-/// (`POST /{tenant}/oauth2/v2.0/token`, the only token route served). Control calls (`/_sim`),
+/// nothing. `graph` delays every call under `/v1.0` and every upload-URL call (faulted,
+/// throttled and refused calls too; a fault's own `delay_ms` comes on top), `token` every call of
+/// Entra's token and devicecode endpoints (`POST /{tenant}/oauth2/v2.0/token`, `…/devicecode`).
+/// Control calls (`/_sim`),
 /// OIDC metadata, JWKS, validation handshakes and notification delivery are never delayed.
 ///
 /// The delay is a `tokio::time::sleep` taken with no lock held, so concurrent calls wait side by
@@ -213,6 +234,31 @@ impl From<Latency> for LatencyMillis {
     }
 }
 
+/// The size rules of uploads (graph-protocol.md §9). Defaults are OneDrive's documented limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// The largest body of a simple upload (`PUT …/content`); larger → 413. OneDrive's API docs
+    /// say 4 MB (the default, 4 MiB here); newer Graph docs say 250 MB.
+    pub simple_max_bytes: u64,
+    /// Each fragment sent to an upload URL must be smaller than this (§9.2: 60 MiB); one this
+    /// long or longer → 413 `maxFragmentLengthExceeded`.
+    pub fragment_max_bytes: u64,
+    /// Every fragment but the last must be a multiple of this (§9.2: 320 KiB = 327,680 bytes;
+    /// otherwise "some files fail to commit"); the simulator refuses such a fragment at once with
+    /// 400 `invalidRange`. `None` accepts any length.
+    pub fragment_multiple: Option<u64>,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            simple_max_bytes: 4 * 1024 * 1024,
+            fragment_max_bytes: 60 * 1024 * 1024,
+            fragment_multiple: Some(320 * 1024),
+        }
+    }
+}
+
 /// How a simulator behaves.
 #[derive(Debug, Clone, Default)]
 pub struct SimConfig {
@@ -235,6 +281,8 @@ pub struct SimConfig {
     /// Real time added to Graph and token-endpoint calls (none by default); [`Sim::set_latency`]
     /// changes it at run time.
     pub latency: Latency,
+    /// Size limits of simple uploads and upload-session fragments.
+    pub uploads: UploadLimits,
 }
 
 /// Why the simulator could not start.
@@ -249,11 +297,12 @@ pub enum StartError {
     Sim(#[from] NewSimError),
 }
 
-/// The whole HTTP app: Graph under `/v1.0`, control under `/_sim`, Entra at the root
-/// (`/{tenant}/...`).
+/// The whole HTTP app: Graph under `/v1.0`, upload URLs under `/_upload`, control under
+/// `/_sim`, Entra at the root (`/{tenant}/...`).
 pub fn app(sim: Sim) -> Router {
     Router::new()
         .nest(graph::GRAPH_PREFIX, graph::router(sim.clone()))
+        .merge(graph::uploads::url_router(sim.clone()))
         .nest("/_sim", control::router())
         .merge(entra::http::router())
         .with_state(sim)

@@ -14,10 +14,12 @@ use crate::delivery::{
 };
 use crate::delta::DeltaQuirks;
 use crate::drive::{Drive, Item, ItemUpdate, JournalEntry, NewItem, Populate, Populated};
+use crate::entra::device::{DeviceCodeInfo, DeviceCodeStatus};
 use crate::entra::jwt::{self, ApiToken, MintedToken, Subject};
 use crate::entra::keys::{KeyError, SigningKey, SigningKeyInfo};
 use crate::entra::{
-    self, AuthFailure, CONSUMER_TENANT_ID, Entra, RegisterApp, RegisteredApp, Repeat, Revocation,
+    self, AuthFailure, CONSUMER_TENANT_ID, ClientApp, Entra, RegisterApp, RegisterClientApp, RegisteredApp,
+    Repeat, Revocation, TenantPath,
 };
 use crate::errors::{GraphError, SimError};
 use crate::faults::Fault;
@@ -27,6 +29,7 @@ use crate::subscriptions::{
     Admission, LifecycleEvent, Subscription, effective_expiration, parse_create_value, resolve_resource,
 };
 use crate::throttle::{Throttle, ThrottleStatus};
+use crate::uploads::UploadSessionInfo;
 use crate::{Latency, SimConfig};
 
 /// A request to create a user (with its drive and root folder).
@@ -453,6 +456,106 @@ impl Sim {
         self.lock().entra.apps.values().cloned().collect()
     }
 
+    /// Registers (or replaces) a public client app (no secret; device-code and refresh grants).
+    /// [`crate::DEFAULT_CLIENT_APP_ID`] is always registered at start and reset.
+    pub fn register_client_app(&self, request: RegisterClientApp) -> Result<ClientApp, SimError> {
+        self.lock().entra.register_client_app(request)
+    }
+
+    /// Every registered public client app.
+    pub fn client_apps(&self) -> Vec<ClientApp> {
+        self.lock().entra.client_apps.values().cloned().collect()
+    }
+
+    /// Approves a pending device code as `user_id`, as the user would by signing in at the
+    /// verification page and entering `user_code` (case, spaces and dashes ignored): the client's
+    /// next poll gets the tokens. Unknown code or user → not found; a code that expired, was
+    /// already approved, declined or redeemed, or whose tenant path (`organizations`,
+    /// `consumers`, a GUID) does not admit the user's tenant → conflict.
+    pub fn approve_device_code(&self, user_code: &str, user_id: &str) -> Result<DeviceCodeInfo, SimError> {
+        self.decide_device_code(user_code, Some(user_id))
+    }
+
+    /// Declines a pending device code, as the user would at the verification page: the client's
+    /// next poll gets `authorization_declined`.
+    pub fn deny_device_code(&self, user_code: &str) -> Result<DeviceCodeInfo, SimError> {
+        self.decide_device_code(user_code, None)
+    }
+
+    /// Approves the oldest device code still pending as `user_id`, for a local demo that does
+    /// not know the code in advance. None pending → not found.
+    pub fn approve_next_device_code(&self, user_id: &str) -> Result<DeviceCodeInfo, SimError> {
+        let now = self.now();
+        let user_code = self
+            .lock()
+            .entra
+            .device_codes
+            .oldest_pending(now)
+            .ok_or_else(|| SimError::NotFound("no device code is pending".to_owned()))?;
+        self.approve_device_code(&user_code, user_id)
+    }
+
+    /// The device codes issued and not yet forgotten (a day after their expiry), oldest first.
+    pub fn device_codes(&self) -> Vec<DeviceCodeInfo> {
+        let now = self.now();
+        self.lock().entra.device_codes.infos(now)
+    }
+
+    fn decide_device_code(
+        &self,
+        user_code: &str,
+        approver: Option<&str>,
+    ) -> Result<DeviceCodeInfo, SimError> {
+        let now = self.now();
+        let mut state = self.lock();
+        let user = match approver {
+            Some(user_id) => Some(
+                state
+                    .identity
+                    .users
+                    .get(user_id)
+                    .cloned()
+                    .ok_or_else(|| SimError::NotFound(format!("user {user_id} not found")))?,
+            ),
+            None => None,
+        };
+        let code = state
+            .entra
+            .device_codes
+            .by_user_code_mut(user_code)
+            .ok_or_else(|| SimError::NotFound(format!("no device code with user code '{user_code}'")))?;
+        if code.expired(now) {
+            return Err(SimError::Conflict(format!(
+                "user code {} expired at {}",
+                code.user_code, code.expires_at
+            )));
+        }
+        if code.status != DeviceCodeStatus::Pending {
+            return Err(SimError::Conflict(format!(
+                "user code {} is not pending any more ({})",
+                code.user_code,
+                code.status.as_str()
+            )));
+        }
+        match user {
+            Some(user) => {
+                let admitted =
+                    TenantPath::parse(&code.tenant).is_some_and(|path| path.admits(&user.tenant_id));
+                if !admitted {
+                    return Err(SimError::Conflict(format!(
+                        "user {} of tenant {} cannot sign in through the tenant path '{}' of this code \
+                         (Entra: AADSTS50020)",
+                        user.id, user.tenant_id, code.tenant
+                    )));
+                }
+                code.status = DeviceCodeStatus::Approved;
+                code.user_id = Some(user.id);
+            }
+            None => code.status = DeviceCodeStatus::Declined,
+        }
+        Ok(code.info(now))
+    }
+
     /// Mints a user's access token for graphfeed's API, signed with the current key (or wrong
     /// in the one way `spec` asks). Times come from the sim clock.
     pub fn mint_api_token(&self, spec: &ApiToken) -> Result<MintedToken, SimError> {
@@ -653,6 +756,43 @@ impl Sim {
             .ok_or_else(|| SimError::NotFound(format!("item {item_id} not found")))
     }
 
+    /// The live item at `path` below the drive's root (`Documents/a.txt`; names compared
+    /// case-insensitively), e.g. to check what an upload created.
+    pub fn item_by_path(&self, drive_id: &str, path: &str) -> Result<Item, SimError> {
+        let state = self.lock();
+        let drive = state
+            .drives
+            .get(drive_id)
+            .ok_or_else(|| SimError::NotFound(format!("drive {drive_id} not found")))?;
+        drive.item_by_path(path).cloned()
+    }
+
+    /// The upload sessions not yet committed, cancelled or expired, oldest first.
+    pub fn upload_sessions(&self) -> Vec<UploadSessionInfo> {
+        let now = self.now();
+        let mut sessions: Vec<UploadSessionInfo> = self
+            .lock()
+            .uploads
+            .values()
+            .filter(|session| !session.expired(now))
+            .map(|session| session.info(crate::graph::uploads::upload_url(self, &session.id)))
+            .collect();
+        sessions.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        sessions
+    }
+
+    /// Ends an upload session as its expiry would (`id` is the session id or its whole upload
+    /// URL): its URL answers 404 `itemNotFound` from now on, so a client must start the upload
+    /// again (§9.3).
+    pub fn expire_upload_session(&self, id_or_url: &str) -> Result<(), SimError> {
+        let id = id_or_url.trim().rsplit('/').next().unwrap_or_default().to_owned();
+        self.lock()
+            .uploads
+            .remove(&id)
+            .map(|_| ())
+            .ok_or_else(|| SimError::NotFound(format!("upload session {id} not found")))
+    }
+
     /// Expires every delta token and link issued so far for a drive: each answers 410
     /// `resyncRequired` from now on (graph-protocol.md §5.4). Returns the drive's new token epoch.
     pub fn expire_delta_tokens(&self, drive_id: &str) -> Result<u64, SimError> {
@@ -750,6 +890,7 @@ impl Sim {
                     },
                     expires_at: now,
                     app_only: false,
+                    scopes: None,
                 };
                 let refused = |error: GraphError| seed_refused(index, &error);
                 let target = resolve_resource(&request.resource, &caller, &state.identity, &state.drives)

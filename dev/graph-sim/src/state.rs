@@ -19,6 +19,7 @@ use crate::faults::Fault;
 use crate::identity::Identity;
 use crate::subscriptions::{LifecycleEvent, Subscription, next_reauthorization};
 use crate::throttle::Throttles;
+use crate::uploads::UploadSession;
 use crate::{Latency, SimConfig, Timing};
 
 /// What the simulator has counted since start or the last reset.
@@ -86,6 +87,24 @@ pub struct Counters {
     /// nobody touching it is counted too. Deletions (DELETE, `subscriptionRemoved`) are not
     /// expiries.
     pub subscriptions_expired: u64,
+    /// Device codes issued (`POST /{tenant}/oauth2/v2.0/devicecode` answered 200).
+    pub device_codes_issued: u64,
+    /// Token-endpoint polls with the device-code grant, whatever their answer.
+    pub device_code_polls: u64,
+    /// Polls answered `slow_down` (sooner than `interval` after the previous poll of the code).
+    pub device_code_slow_downs: u64,
+    /// Simple uploads (`PUT …/content`) that created or replaced a file.
+    pub simple_uploads: u64,
+    /// Upload sessions created (`createUploadSession` answered 200).
+    pub upload_sessions_created: u64,
+    /// Fragments an upload URL accepted (their bytes are in the session).
+    pub upload_fragments_accepted: u64,
+    /// PUTs to an upload URL that were refused or interrupted (no byte of them kept).
+    pub upload_fragments_rejected: u64,
+    /// Upload sessions that committed their file.
+    pub upload_sessions_completed: u64,
+    /// Bytes of accepted fragments and of successful simple uploads.
+    pub upload_bytes_accepted: u64,
 }
 
 /// What can be changed while the simulator runs; starts from [`SimConfig`] (and again at a reset).
@@ -139,6 +158,8 @@ pub(crate) struct State {
     /// expired (renewing 10,000 subscriptions must not scan 10,000 subscriptions each time).
     next_expiry: DateTime<Utc>,
     pub deliveries: Deliveries,
+    /// Upload sessions by id (the opaque part of their URL).
+    pub uploads: HashMap<String, UploadSession>,
     pub faults: Vec<Fault>,
     pub throttles: Throttles,
     pub settings: Settings,
@@ -156,6 +177,7 @@ impl State {
             subscriptions: HashMap::new(),
             next_expiry: DateTime::<Utc>::MAX_UTC,
             deliveries: Deliveries::default(),
+            uploads: HashMap::new(),
             faults: Vec::new(),
             throttles: Throttles::default(),
             settings,

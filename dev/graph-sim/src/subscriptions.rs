@@ -755,6 +755,7 @@ mod tests {
             app_id: "app".to_owned(),
             expires_at: now + Duration::hours(1),
             app_only: false,
+            scopes: None,
         };
         let mut drives = HashMap::new();
         drives.insert(drive.id.clone(), drive.clone());

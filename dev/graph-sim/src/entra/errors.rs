@@ -67,6 +67,22 @@ pub fn revoked_grant_message(issued_at: DateTime<Utc>, valid_from: DateTime<Utc>
     )
 }
 
+/// AADSTS70016 `authorization_pending` (as seen in the field, 2022).
+pub const MSG_AUTHORIZATION_PENDING: &str =
+    "The provided request has not yet been authorized by the user. The user must input their code.";
+
+/// AADSTS70020 `expired_token` (as seen in the field: Azure/azure-cli#22251).
+pub const MSG_DEVICE_CODE_EXPIRED: &str =
+    "The provided value for the input parameter 'device_code' is not valid. This device code has expired.";
+
+/// AADSTS65004 UserDeclinedConsent, the error-code reference's text (Entra's text for a declined
+/// device code is not on record).
+pub const MSG_AUTHORIZATION_DECLINED: &str = "User declined to consent to access the app.";
+
+/// AADSTS70018 BadVerificationCode, the error-code reference's text.
+pub const MSG_BAD_VERIFICATION_CODE: &str = "Invalid verification code due to User typing in wrong user code for \
+                                             device code flow. Authorization is not approved.";
+
 /// AADSTS9002313: a refresh token (or other grant) that is not one at all.
 pub const MSG_MALFORMED_GRANT: &str = "Invalid request. Request is malformed or invalid.";
 
@@ -397,6 +413,62 @@ impl EntraError {
                 StatusCode::BAD_REQUEST
             })
         }
+    }
+
+    /// AADSTS700025: a public client presented a secret (or a client assertion).
+    pub fn public_client_with_secret() -> Self {
+        Self::new(
+            "invalid_client",
+            700_025,
+            "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.",
+        )
+        .with_status(StatusCode::UNAUTHORIZED)
+    }
+
+    /// AADSTS28000: a token request whose scopes name more than one resource.
+    pub fn more_than_one_resource(scope: &str) -> Self {
+        Self::new(
+            "invalid_scope",
+            28_000,
+            format!(
+                "Provided value for the input parameter scope is not valid because it contains more than one \
+                 resource. Scope {scope} is not valid."
+            ),
+        )
+    }
+
+    /// AADSTS70016 `authorization_pending`: the user has not approved the device code yet.
+    pub fn authorization_pending() -> Self {
+        Self::new("authorization_pending", 70_016, MSG_AUTHORIZATION_PENDING)
+    }
+
+    /// `slow_down` (RFC 8628 §3.5; Entra documents no such answer, so code and text are the
+    /// simulator's): a poll sooner than `interval` after the previous one.
+    pub fn slow_down(interval_seconds: u64) -> Self {
+        Self::new(
+            "slow_down",
+            70_016,
+            format!(
+                "The client is polling too often. Wait at least {interval_seconds} seconds between requests \
+                 for this device code."
+            ),
+        )
+    }
+
+    /// AADSTS70020 `expired_token`: the device code's 15 minutes are over.
+    pub fn device_code_expired() -> Self {
+        Self::new("expired_token", 70_020, MSG_DEVICE_CODE_EXPIRED)
+    }
+
+    /// `authorization_declined`: the user declined (AADSTS65004 UserDeclinedConsent).
+    pub fn authorization_declined() -> Self {
+        Self::new("authorization_declined", 65_004, MSG_AUTHORIZATION_DECLINED)
+    }
+
+    /// AADSTS70018 `bad_verification_code`: a device code the simulator does not know, or one
+    /// already redeemed or polled with another tenant segment.
+    pub fn bad_verification_code() -> Self {
+        Self::new("bad_verification_code", 70_018, MSG_BAD_VERIFICATION_CODE)
     }
 
     /// The JSON body, with this request's ids and the sim time.

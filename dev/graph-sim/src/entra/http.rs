@@ -4,10 +4,12 @@
 //! - `GET /{tenant}/v2.0/.well-known/openid-configuration` and `GET /{tenant}/.well-known/openid-configuration`
 //! - `GET /{tenant}/discovery/v2.0/keys` and `GET /{tenant}/discovery/keys`
 //! - `POST /{tenant}/oauth2/v2.0/token`
+//! - `POST /{tenant}/oauth2/v2.0/devicecode` (the device authorization grant, [`super::device`])
 //!
 //! `{tenant}` is a tenant GUID, `common`, `organizations` or `consumers` (graph-protocol.md §7.4).
-//! Every call is counted; the token endpoint's rules are in [`super::grants`]. Only the token
-//! endpoint waits out the configured [`crate::Latency`]; metadata and keys answer at once.
+//! Every call is counted; the token endpoint's rules are in [`super::grants`]. Only the token and
+//! devicecode endpoints wait out the configured [`crate::Latency`] (its `token` part); metadata
+//! and keys answer at once.
 
 use std::collections::HashMap;
 
@@ -40,6 +42,7 @@ pub(crate) fn router() -> Router<Sim> {
         .route("/{tenant}/discovery/v2.0/keys", get(keys_v2))
         .route("/{tenant}/discovery/keys", get(keys_v1))
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/{tenant}/oauth2/v2.0/devicecode", post(devicecode))
 }
 
 /// Ids for one Entra response: a fresh trace id, and the caller's `client-request-id` echoed as
@@ -282,6 +285,13 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((decode(id), decode(secret)))
 }
 
+/// Which form-encoded Entra endpoint a POST is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Token,
+    DeviceCode,
+}
+
 /// `POST /{tenant}/oauth2/v2.0/token` (form-encoded).
 async fn token(
     State(sim): State<Sim>,
@@ -289,15 +299,37 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    form_post(&sim, Endpoint::Token, tenant, &headers, &body).await
+}
+
+/// `POST /{tenant}/oauth2/v2.0/devicecode` (form-encoded: `client_id`, `scope`).
+async fn devicecode(
+    State(sim): State<Sim>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    form_post(&sim, Endpoint::DeviceCode, tenant, &headers, &body).await
+}
+
+/// Waits out the token latency, answers the request under the lock, counts it (token requests by
+/// grant, device codes in their own counters; refusals of both by `error`) and renders it.
+async fn form_post(
+    sim: &Sim,
+    endpoint: Endpoint,
+    tenant: String,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let latency = sim.lock().settings.latency.token;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let params: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let params: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
     let request = TokenRequest {
         tenant,
         params,
-        basic: basic_credentials(&headers),
+        basic: basic_credentials(headers),
     };
     let now = sim.now();
     let timing = &sim.config().timing;
@@ -306,15 +338,23 @@ async fn token(
         authority: sim.authority_host(),
         graph_token_lifetime: timing.token_lifetime,
         reuse_grace: timing.refresh_token_reuse_grace,
+        real_now: std::time::Instant::now(),
+        device_code_interval: timing.device_code_interval,
+        device_code_lifetime: timing.device_code_lifetime,
     };
     let result = {
         let mut state = sim.lock();
-        *state
-            .counters
-            .token_requests
-            .entry(request.grant_label())
-            .or_default() += 1;
-        let result = grants::token(&mut state, &context, &request);
+        let result = match endpoint {
+            Endpoint::Token => {
+                *state
+                    .counters
+                    .token_requests
+                    .entry(request.grant_label())
+                    .or_default() += 1;
+                grants::token(&mut state, &context, &request)
+            }
+            Endpoint::DeviceCode => grants::device_authorization(&mut state, &context, &request),
+        };
         if let Err(error) = &result {
             *state
                 .counters
@@ -326,12 +366,12 @@ async fn token(
     };
     match result {
         Ok(body) => {
-            let (trace_id, _) = ids(&headers);
+            let (trace_id, _) = ids(headers);
             finish(axum::Json(body).into_response(), &trace_id)
         }
         Err(error) => {
             tracing::info!(error = %error.error, code = error.code, "token request refused");
-            error_response(&sim, &error, &headers)
+            error_response(sim, &error, headers)
         }
     }
 }

@@ -228,7 +228,7 @@ fn b64_json(value: &Value) -> String {
 }
 
 /// A stable, app-specific opaque id, like Entra's pairwise `sub`.
-fn pairwise_sub(user_id: &str, app_id: &str) -> String {
+pub(crate) fn pairwise_sub(user_id: &str, app_id: &str) -> String {
     let digest = aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
         format!("{user_id}:{app_id}").as_bytes(),

@@ -7,11 +7,16 @@
 //!   wrong in exactly one way ([`jwt`]);
 //! - the token endpoint: on-behalf-of, refresh (with rotation) and client credentials, handing
 //!   out the same opaque Graph tokens as the control API, with Entra's error bodies and
-//!   injectable per-user failures ([`grants`], [`errors`]).
+//!   injectable per-user failures ([`grants`], [`errors`]);
+//! - the device authorization grant for public client apps (a CLI): `devicecode`, approval by a
+//!   simulated user through the control API, polling with `authorization_pending`, `slow_down`,
+//!   `expired_token`, `authorization_declined` ([`device`]); its tokens are for Graph or for a
+//!   registered API, and its refresh tokens work for either resource.
 //!
 //! The state lives in [`Entra`], inside the simulator's one lock; the HTTP handlers are in
 //! `http` and the [`crate::Sim`] methods wrap the same calls.
 
+pub mod device;
 pub mod errors;
 pub(crate) mod grants;
 pub(crate) mod http;
@@ -42,8 +47,12 @@ pub const DEFAULT_API_SCOPE: &str = "access_as_user";
 /// The default app's display name (it appears in some Entra error texts).
 pub const DEFAULT_APP_NAME: &str = "graphfeed (local)";
 /// The client app (a SPA or CLI) that asks for tokens to graphfeed's API: `azp` / `appid` of
-/// minted API tokens when the caller names none.
+/// minted API tokens when the caller names none. Registered at start (and after every reset) as a
+/// public client app ([`ClientApp`]): it uses the device-code flow and redeems its refresh tokens
+/// without a secret.
 pub const DEFAULT_CLIENT_APP_ID: &str = "5e7a1c2d-3b4f-4a6e-9d8c-67f00dfeed02";
+/// The default public client app's display name.
+pub const DEFAULT_CLIENT_APP_NAME: &str = "graphfeed CLI (local)";
 /// Refresh tokens of web apps expire after this much inactivity (AADSTS700082 says "90.00:00:00").
 pub const REFRESH_TOKEN_MAX_INACTIVITY_DAYS: i64 = 90;
 /// Every refresh token the simulator issues starts with this.
@@ -176,6 +185,41 @@ impl RegisterApp {
     }
 }
 
+/// A request to register a public client app (a CLI or SPA: no secret; device-code flow).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterClientApp {
+    /// A GUID.
+    pub client_id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// A registered public client app: it authenticates with its client id alone (a secret is
+/// refused, AADSTS700025), may use the device-code and refresh grants, and gets tokens for Graph
+/// or for any registered API app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientApp {
+    pub client_id: String,
+    pub display_name: String,
+}
+
+impl RegisterClientApp {
+    fn into_registered(self) -> Result<ClientApp, SimError> {
+        let client_id = uuid::Uuid::try_parse(self.client_id.trim())
+            .map(|guid| guid.hyphenated().to_string())
+            .map_err(|_| {
+                SimError::BadRequest(format!("client_id must be a GUID, got '{}'", self.client_id))
+            })?;
+        Ok(ClientApp {
+            display_name: self
+                .display_name
+                .unwrap_or_else(|| format!("client app {client_id}")),
+            client_id,
+        })
+    }
+}
+
 /// A failure the token endpoint gives one user's on-behalf-of and refresh requests (§10 item 14).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "failure", rename_all = "snake_case", deny_unknown_fields)]
@@ -241,6 +285,10 @@ pub(crate) struct Revocation {
 pub(crate) struct Entra {
     pub keys: KeyRing,
     pub apps: BTreeMap<String, RegisteredApp>,
+    /// Public client apps by client id.
+    pub client_apps: BTreeMap<String, ClientApp>,
+    /// Device codes issued and not yet forgotten.
+    pub device_codes: device::DeviceCodes,
     pub refresh_tokens: HashMap<String, RefreshRecord>,
     pub failures: HashMap<String, FailureRule>,
     pub revocations: HashMap<String, Revocation>,
@@ -248,7 +296,8 @@ pub(crate) struct Entra {
 }
 
 impl Entra {
-    /// The development key as the only key, and the default app registered.
+    /// The development key as the only key, the default app and the default public client app
+    /// registered.
     pub fn new(first_key: SigningKey) -> Self {
         let mut apps = BTreeMap::new();
         let default_app = RegisterApp {
@@ -258,9 +307,19 @@ impl Entra {
         if let Ok(app) = default_app.into_registered() {
             apps.insert(app.client_id.clone(), app);
         }
+        let mut client_apps = BTreeMap::new();
+        client_apps.insert(
+            DEFAULT_CLIENT_APP_ID.to_owned(),
+            ClientApp {
+                client_id: DEFAULT_CLIENT_APP_ID.to_owned(),
+                display_name: DEFAULT_CLIENT_APP_NAME.to_owned(),
+            },
+        );
         Self {
             keys: KeyRing::new(first_key),
             apps,
+            client_apps,
+            device_codes: device::DeviceCodes::default(),
             refresh_tokens: HashMap::new(),
             failures: HashMap::new(),
             revocations: HashMap::new(),
@@ -271,6 +330,12 @@ impl Entra {
     /// Registers (or replaces) an app. Two apps cannot share an App ID URI.
     pub fn register_app(&mut self, request: RegisterApp) -> Result<RegisteredApp, SimError> {
         let app = request.into_registered()?;
+        if self.client_apps.contains_key(&app.client_id) {
+            return Err(SimError::Conflict(format!(
+                "{} is registered as a public client app",
+                app.client_id
+            )));
+        }
         if let Some(other) = self.apps.values().find(|other| {
             other.client_id != app.client_id && other.app_id_uri.eq_ignore_ascii_case(&app.app_id_uri)
         }) {
@@ -281,6 +346,25 @@ impl Entra {
         }
         self.apps.insert(app.client_id.clone(), app.clone());
         Ok(app)
+    }
+
+    /// Registers (or replaces) a public client app. A client id cannot be both an API app and a
+    /// public client app.
+    pub fn register_client_app(&mut self, request: RegisterClientApp) -> Result<ClientApp, SimError> {
+        let app = request.into_registered()?;
+        if self.apps.contains_key(&app.client_id) {
+            return Err(SimError::Conflict(format!(
+                "{} is registered as an API app (a confidential client)",
+                app.client_id
+            )));
+        }
+        self.client_apps.insert(app.client_id.clone(), app.clone());
+        Ok(app)
+    }
+
+    /// The public client app with this client id.
+    pub fn client_app(&self, client_id: &str) -> Option<&ClientApp> {
+        self.client_apps.get(&client_id.trim().to_ascii_lowercase())
     }
 
     /// The app whose client id or App ID URI is `id`.
@@ -347,5 +431,37 @@ mod tests {
             }),
             Err(SimError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn the_default_client_app_is_public_and_a_client_id_has_one_kind() {
+        let mut entra = Entra::new(SigningKey::development(Utc::now()).expect("dev key"));
+        let cli = entra
+            .client_app(&DEFAULT_CLIENT_APP_ID.to_ascii_uppercase())
+            .expect("registered");
+        assert_eq!(cli.display_name, DEFAULT_CLIENT_APP_NAME);
+        assert!(entra.app(DEFAULT_CLIENT_APP_ID).is_none(), "not an API app");
+        let as_public = entra.register_client_app(RegisterClientApp {
+            client_id: DEFAULT_APP_ID.to_owned(),
+            display_name: None,
+        });
+        assert!(matches!(as_public, Err(SimError::Conflict(_))));
+        let as_api = entra.register_app(RegisterApp {
+            client_id: DEFAULT_CLIENT_APP_ID.to_owned(),
+            client_secret: "s".to_owned(),
+            app_id_uri: Some("api://cli".to_owned()),
+            ..RegisterApp::default()
+        });
+        assert!(matches!(as_api, Err(SimError::Conflict(_))));
+        let other = entra
+            .register_client_app(RegisterClientApp {
+                client_id: "77777777-2222-3333-4444-555555555555".to_owned(),
+                display_name: None,
+            })
+            .expect("registered");
+        assert_eq!(
+            other.display_name,
+            "client app 77777777-2222-3333-4444-555555555555"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! `drive` and `driveItem` shapes, and the drive delta feed (`root/delta`: full enumeration,
 //! changes since a token, `token=latest`, 410 resync; graph-protocol.md §5) with the drive's delta
 //! quirks ([`crate::delta`]). Only the owner may read a drive; app-only tokens are refused.
-//! Uploads come in a later issue.
+//! Writes (uploads, items by path) are in [`super::uploads`].
 
 use std::collections::HashMap;
 
@@ -60,7 +60,7 @@ pub(crate) fn item_json(drive: &Drive, item: &Item) -> Value {
                 json!({"childCount": drive.child_count(&item.id)}),
             );
         } else {
-            object.insert("file".to_owned(), json!({}));
+            object.insert("file".to_owned(), file_facet(item));
         }
         if item.id == drive.root_id {
             object.insert("root".to_owned(), json!({}));
@@ -69,7 +69,16 @@ pub(crate) fn item_json(drive: &Drive, item: &Item) -> Value {
     body
 }
 
-fn owned_drive<'a>(state: &'a SimState, drive_id: &str, caller: &Grant) -> GraphResult<&'a Drive> {
+/// The `file` facet: `{"hashes":{"sha256Hash"}}` for content uploaded through Graph (Graph has
+/// `sha256Hash` on business drives; the simulator shows it on both kinds), else `{}`.
+fn file_facet(item: &Item) -> Value {
+    match &item.sha256 {
+        Some(hash) if !item.deleted => json!({"hashes": {"sha256Hash": hash}}),
+        _ => json!({}),
+    }
+}
+
+pub(crate) fn owned_drive<'a>(state: &'a SimState, drive_id: &str, caller: &Grant) -> GraphResult<&'a Drive> {
     let drive = state
         .drives
         .get(drive_id)
@@ -82,7 +91,7 @@ fn owned_drive<'a>(state: &'a SimState, drive_id: &str, caller: &Grant) -> Graph
     }
 }
 
-fn my_drive_id(state: &SimState, caller: &Grant) -> GraphResult<String> {
+pub(crate) fn my_drive_id(state: &SimState, caller: &Grant) -> GraphResult<String> {
     if caller.app_only {
         return Err(GraphError::delegated_only());
     }
@@ -151,6 +160,22 @@ pub(crate) async fn item(
     Ok(Json(item_json(drive, item)))
 }
 
+/// `GET /me/drive/items/{item_id}`; deleted items are 404.
+pub(crate) async fn my_item(
+    State(sim): State<Sim>,
+    Caller(caller): Caller,
+    Path(item_id): Path<String>,
+) -> GraphResult<Json<Value>> {
+    let state = sim.lock();
+    let drive_id = my_drive_id(&state, &caller)?;
+    let drive = owned_drive(&state, &drive_id, &caller)?;
+    let item = drive
+        .item(&item_id)
+        .filter(|item| !item.deleted)
+        .ok_or_else(GraphError::item_not_found)?;
+    Ok(Json(item_json(drive, item)))
+}
+
 /// A driveItem as the delta feed renders it (graph-protocol.md §5.2, §10 item 11): no
 /// `parentReference.path`, `folder.childCount` 0, and for a deleted item the `deleted` facet
 /// without `cTag` and, on personal drives, `size` (business: `name`). With the
@@ -173,7 +198,7 @@ pub(crate) fn delta_item_json(drive: &Drive, item: &Item, quirks: &DeltaQuirks) 
         if item.folder {
             object.insert("folder".to_owned(), json!({"childCount": 0}));
         } else {
-            object.insert("file".to_owned(), json!({}));
+            object.insert("file".to_owned(), file_facet(item));
         }
         if item.id == drive.root_id {
             object.insert("root".to_owned(), json!({}));

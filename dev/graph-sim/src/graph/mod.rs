@@ -1,5 +1,7 @@
 //! The Graph surface under `/v1.0`: routing, the middleware every Graph call passes through, and
-//! bearer-token authentication.
+//! bearer-token authentication (opaque `simgraph.` tokens only: a JWT, e.g. a token for
+//! graphfeed's API, is unknown here and 401 `InvalidAuthenticationToken`, as Graph refuses a token
+//! for another audience).
 //!
 //! The middleware first waits out the configured [`crate::Latency`] (real time, no lock held),
 //! then gives every response a `request-id` header and echoes `client-request-id`, counts the
@@ -10,6 +12,7 @@
 
 pub mod drives;
 pub mod subscriptions;
+pub mod uploads;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
@@ -57,11 +60,36 @@ pub(crate) fn router(sim: Sim) -> Router<Sim> {
         .route("/me/drive/root", get(drives::my_root))
         .route("/me/drive/root/delta", get(drives::my_delta))
         .route("/me/drive/root/{call}", get(drives::my_delta_call))
+        .route(
+            "/me/drive/root:/{*path}",
+            get(uploads::me_root_path)
+                .put(uploads::me_root_path)
+                .post(uploads::me_root_path),
+        )
+        .route("/me/drive/items/{item_id}", get(drives::my_item))
+        .route(
+            "/me/drive/items/{item_id}/{*rest}",
+            get(uploads::me_item_path)
+                .put(uploads::me_item_path)
+                .post(uploads::me_item_path),
+        )
         .route("/drives/{drive_id}", get(drives::drive))
         .route("/drives/{drive_id}/root", get(drives::root))
         .route("/drives/{drive_id}/root/delta", get(drives::delta))
         .route("/drives/{drive_id}/root/{call}", get(drives::delta_call))
+        .route(
+            "/drives/{drive_id}/root:/{*path}",
+            get(uploads::drive_root_path)
+                .put(uploads::drive_root_path)
+                .post(uploads::drive_root_path),
+        )
         .route("/drives/{drive_id}/items/{item_id}", get(drives::item))
+        .route(
+            "/drives/{drive_id}/items/{item_id}/{*rest}",
+            get(uploads::drive_item_path)
+                .put(uploads::drive_item_path)
+                .post(uploads::drive_item_path),
+        )
         .fallback(unknown_segment)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(sim, graph_middleware))

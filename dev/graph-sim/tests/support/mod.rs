@@ -385,6 +385,23 @@ pub async fn token_request_with(
     answer(adjust(request).send().await.expect("answer")).await
 }
 
+/// A form POST to `{authority}{path}` (e.g. `/organizations/oauth2/v2.0/devicecode`).
+pub async fn form_request(running: &RunningSim, path: &str, form: &[(&str, &str)]) -> Answer {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.iter())
+        .finish();
+    let request = http()
+        .post(format!("{}{path}", running.authority_host()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body);
+    answer(request.send().await.expect("answer")).await
+}
+
+/// Any request, built by the caller, read as an [`Answer`].
+pub async fn answer_of(request: reqwest::RequestBuilder) -> Answer {
+    answer(request.send().await.expect("answers")).await
+}
+
 /// The form of an on-behalf-of request by the default app.
 pub fn obo_form<'a>(assertion: &'a str, scope: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
@@ -448,6 +465,15 @@ pub async fn send(method: reqwest::Method, url: &str, token: Option<&str>, body:
     }
     if let Some(body) = body {
         request = request.json(&body);
+    }
+    answer(request.send().await.expect("answers")).await
+}
+
+/// A call with a raw body (an upload), an optional bearer token, the URL taken verbatim.
+pub async fn send_bytes(method: reqwest::Method, url: &str, token: Option<&str>, body: Vec<u8>) -> Answer {
+    let mut request = http().request(method, url).body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
     }
     answer(request.send().await.expect("answers")).await
 }
