@@ -96,21 +96,7 @@ pub(crate) fn router(sim: Sim) -> Router<Sim> {
 }
 
 async fn graph_middleware(State(sim): State<Sim>, request: Request, next: Next) -> Response {
-    let latency = sim.lock().settings.latency.graph;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    let client_request_id = request
-        .headers()
-        .get(&CLIENT_REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let ids = RequestIds {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        client_request_id,
-        date: inner_error_date(sim.now()),
-    };
+    let ids = begin_call(&sim, request.headers()).await;
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -155,22 +141,54 @@ async fn graph_middleware(State(sim): State<Sim>, request: Request, next: Next) 
         (fault, throttled)
     };
     let mut response = match (fault, throttled) {
-        (Some(fault), _) => {
-            if let Some(delay) = fault.delay_ms.filter(|&ms| ms > 0) {
-                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-            }
-            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            GraphError::fault(status, fault.retry_after, fault.body).to_response(&ids)
-        }
+        (Some(fault), _) => fault_error(fault).await.to_response(&ids),
         (None, Some(throttled)) => throttled.to_response(&ids),
-        (None, None) => {
-            let response = next.run(request).await;
-            match response.extensions().get::<GraphError>().cloned() {
-                Some(error) => error.to_response(&ids),
-                None => response,
-            }
-        }
+        (None, None) => answer_of(next, request, &ids).await,
     };
+    stamp(&mut response, &ids);
+    response
+}
+
+/// What every Graph-shaped call starts with (the Graph routes' and the upload URLs'
+/// middleware): the configured latency, then the call's ids (`client-request-id` echoed, a new
+/// `request-id`).
+pub(crate) async fn begin_call(sim: &Sim, headers: &axum::http::HeaderMap) -> RequestIds {
+    let latency = sim.lock().settings.latency.graph;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let client_request_id = headers
+        .get(&CLIENT_REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    RequestIds {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        client_request_id,
+        date: inner_error_date(sim.now()),
+    }
+}
+
+/// An injected fault's answer, after its delay.
+pub(crate) async fn fault_error(fault: faults::Fault) -> GraphError {
+    if let Some(delay) = fault.delay_ms.filter(|&ms| ms > 0) {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    GraphError::fault(status, fault.retry_after, fault.body)
+}
+
+/// The handler's answer; a `GraphError` it left in the extensions becomes Graph's envelope.
+pub(crate) async fn answer_of(next: Next, request: Request, ids: &RequestIds) -> Response {
+    let response = next.run(request).await;
+    match response.extensions().get::<GraphError>().cloned() {
+        Some(error) => error.to_response(ids),
+        None => response,
+    }
+}
+
+/// Graph's `request-id` and `client-request-id` headers on an answer.
+pub(crate) fn stamp(response: &mut Response, ids: &RequestIds) {
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&ids.request_id) {
         headers.insert(REQUEST_ID, value);
@@ -178,7 +196,6 @@ async fn graph_middleware(State(sim): State<Sim>, request: Request, next: Next) 
     if let Ok(value) = HeaderValue::from_str(&ids.client_request_id) {
         headers.insert(CLIENT_REQUEST_ID, value);
     }
-    response
 }
 
 /// Decodes `%XX` escapes of a path segment (drive ids may come as `b%21…`).

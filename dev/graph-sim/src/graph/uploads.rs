@@ -27,13 +27,14 @@
 //! get journal entries (delta) and change notifications like any other change. No byte is kept:
 //! a file's size and SHA-256 (`file.hashes.sha256Hash`) are.
 
+use crate::graph::{answer_of, begin_call, fault_error, stamp};
 use std::collections::HashMap;
 use std::pin::Pin;
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -42,18 +43,16 @@ use serde_json::{Value, json};
 use super::drives::{item_json, my_drive_id, owned_drive};
 use super::{Caller, ODATA_BASE};
 use crate::drive::{ConflictBehavior, Content, Drive, Item};
-use crate::errors::{GraphError, RequestIds, SimError};
+use crate::errors::{GraphError, SimError};
 use crate::faults;
 use crate::identity::Grant;
 use crate::sim::Sim;
 use crate::state::State as SimState;
-use crate::time::{graph_timestamp, inner_error_date};
+use crate::time::graph_timestamp;
 use crate::uploads::{ContentRange, Destination, Sha256, UPLOAD_URL_PREFIX, UploadSession};
 
 type GraphResult<T> = Result<T, GraphError>;
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
-const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
 /// The query parameter (and body annotation) naming the conflict behaviour.
 const CONFLICT_BEHAVIOR: &str = "@microsoft.graph.conflictBehavior";
 /// The body annotation of an explicit commit (§9.3).
@@ -796,21 +795,7 @@ pub(crate) fn url_router(sim: Sim) -> Router<Sim> {
 /// `Authorization` is 401); errors in Graph's envelope with this request's ids, a `request-id`
 /// header. A refused `PUT` counts as a rejected fragment.
 async fn upload_url_middleware(State(sim): State<Sim>, request: Request, next: Next) -> Response {
-    let latency = sim.lock().settings.latency.graph;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    let client_request_id = request
-        .headers()
-        .get(&CLIENT_REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let ids = RequestIds {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        client_request_id,
-        date: inner_error_date(sim.now()),
-    };
+    let ids = begin_call(&sim, request.headers()).await;
     let is_put = request.method() == Method::PUT;
     let fault = {
         let mut state = sim.lock();
@@ -821,13 +806,7 @@ async fn upload_url_middleware(State(sim): State<Sim>, request: Request, next: N
         fault
     };
     let refused = match fault {
-        Some(fault) => {
-            if let Some(delay) = fault.delay_ms.filter(|&ms| ms > 0) {
-                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-            }
-            let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            Some(GraphError::fault(status, fault.retry_after, fault.body))
-        }
+        Some(fault) => Some(fault_error(fault).await),
         None if request.headers().contains_key(header::AUTHORIZATION) => {
             Some(GraphError::upload_url_with_authorization())
         }
@@ -842,21 +821,9 @@ async fn upload_url_middleware(State(sim): State<Sim>, request: Request, next: N
             drain(&parts.headers, body).await;
             error.to_response(&ids)
         }
-        None => {
-            let response = next.run(request).await;
-            match response.extensions().get::<GraphError>().cloned() {
-                Some(error) => error.to_response(&ids),
-                None => response,
-            }
-        }
+        None => answer_of(next, request, &ids).await,
     };
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&ids.request_id) {
-        headers.insert(REQUEST_ID, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&ids.client_request_id) {
-        headers.insert(CLIENT_REQUEST_ID, value);
-    }
+    stamp(&mut response, &ids);
     response
 }
 
