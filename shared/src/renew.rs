@@ -884,8 +884,18 @@ impl Renewer {
                         break;
                     }
                 };
-                for drive_key in page.items {
-                    match self.safety_net_message(&drive_key, now, cutoff).await {
+                // A read and a conditional put per drive (a put with a condition has no batch
+                // form): as many at once as renewals.
+                let checked: Vec<_> = futures::stream::iter(page.items)
+                    .map(|drive_key| async move {
+                        let message = self.safety_net_message(&drive_key, now, cutoff).await;
+                        (drive_key, message)
+                    })
+                    .buffer_unordered(self.settings.concurrency.max(1))
+                    .collect()
+                    .await;
+                for (drive_key, message) in checked {
+                    match message {
                         Ok(Some(m)) => messages.push(m),
                         Ok(None) => {}
                         Err(e) => {
