@@ -280,3 +280,59 @@ impl Subscriptions<'_> {
         Err(StoreError::Conflict.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::client_state::{DEV_CLIENT_STATE_KEY_HEX, KeyRing};
+    use crate::store::MemoryStore;
+
+    fn expiries(
+        jitter: Duration,
+        samples: usize,
+    ) -> (chrono::DateTime<chrono::Utc>, Vec<chrono::DateTime<chrono::Utc>>) {
+        let graph = GraphClient::new(&crate::config::GraphConfig {
+            base_url: "https://graph.microsoft.com/v1.0".parse().unwrap(),
+            timeout: std::time::Duration::from_secs(5),
+        })
+        .unwrap();
+        let store = MemoryStore::new();
+        let clock = crate::clock::system();
+        let keys = KeyStore::fixed(KeyRing::single(DEV_CLIENT_STATE_KEY_HEX).unwrap(), clock.clone());
+        let rules = Subscriptions {
+            graph: &graph,
+            store: &store,
+            keys: &keys,
+            clock: &clock,
+            renew_window: crate::connect::DEFAULT_RENEW_WINDOW,
+            jitter,
+        };
+        let now = clock.now();
+        (now, (0..samples).map(|_| rules.requested_expiry()).collect())
+    }
+
+    #[test]
+    fn asked_for_expiries_spread_over_the_jitter_below_the_maximum_lifetime() {
+        let jitter = Duration::hours(12);
+        let (now, asked) = expiries(jitter, 500);
+        let latest = now + MAX_LIFETIME - LIFETIME_MARGIN;
+        let slack = Duration::seconds(5);
+        assert!(
+            asked
+                .iter()
+                .all(|at| *at <= latest + slack && *at > latest - jitter - slack)
+        );
+        let (min, max) = (asked.iter().min().unwrap(), asked.iter().max().unwrap());
+        // 500 draws over 12 hours: a fleet connected together comes due over about 12 hours.
+        assert!(*max - *min > Duration::hours(10), "spread {}", *max - *min);
+    }
+
+    #[test]
+    fn without_jitter_the_asked_for_expiry_is_the_maximum_less_the_margin() {
+        let (now, asked) = expiries(Duration::zero(), 3);
+        let latest = now + MAX_LIFETIME - LIFETIME_MARGIN;
+        assert!(asked.iter().all(|at| (*at - latest).num_seconds().abs() < 5));
+    }
+}
