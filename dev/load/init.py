@@ -14,7 +14,7 @@ import boto3
 RUNS = int(os.environ.get("RUNS", "20"))
 BIN = os.environ.get("NOTIFY_BIN", "target/release/notify")
 port = socket.socket(); port.bind(("127.0.0.1", 0)); moto_port = port.getsockname()[1]; port.close()
-moto = subprocess.Popen([".venv/bin/moto_server", "-H", "127.0.0.1", "-p", str(moto_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+moto = subprocess.Popen(["dev/moto/serve", "-H", "127.0.0.1", "-p", str(moto_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     endpoint = f"http://127.0.0.1:{moto_port}"
     for _ in range(100):

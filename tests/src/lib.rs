@@ -2,8 +2,8 @@
 //! local stack (uniquely named queues and secrets, from template.yaml) per test, a graph-sim per
 //! test, and an HTTP proxy in front of moto that can be told to fail, for fault tests.
 //!
-//! moto is started from `.venv/bin/moto_server` (`make venv`) unless `AWS_ENDPOINT_URL` names
-//! one already; a watchdog shell stops it when the test binary exits.
+//! moto is started through `dev/moto/serve` (moto from `make venv`, with DynamoDB's atomic
+//! conditional writes) unless `AWS_ENDPOINT_URL` names one already; a watchdog shell stops it when the test binary exits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,8 +69,11 @@ pub fn moto_endpoint() -> &'static str {
             return e;
         }
         let bin = std::env::var("MOTO_SERVER")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/moto_server").to_owned());
-        assert!(std::path::Path::new(&bin).exists(), "moto is not installed at {bin}: run `make venv` (or `make test`)");
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../dev/moto/serve").to_owned());
+        assert!(
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/moto_server")).exists() || std::env::var("MOTO_SERVER").is_ok(),
+            "moto is not installed in .venv: run `make venv` (or `make test`)"
+        );
         let port = free_port();
         // The watchdog stops moto once this test process (the shell's parent) is gone.
         let script = format!(

@@ -37,8 +37,9 @@ struct Args {
     /// Port for moto when the local stack starts it.
     #[arg(long, env = "MOTO_PORT", default_value_t = 5050)]
     moto_port: u16,
-    /// moto's server executable (installed into .venv by `make venv`).
-    #[arg(long, env = "MOTO_SERVER", default_value = ".venv/bin/moto_server")]
+    /// moto's server executable: `dev/moto/serve` runs moto (installed into .venv by `make venv`)
+    /// with DynamoDB's atomic conditional writes.
+    #[arg(long, env = "MOTO_SERVER", default_value = "dev/moto/serve")]
     moto_server: PathBuf,
     /// Stands in for the CloudFormation stack name (queue names derive from it).
     #[arg(long, env = "GRAPHFEED_STACK", default_value = "graphfeed-local")]
