@@ -26,6 +26,7 @@ use crate::queue::{NotificationQueue, OutgoingMessage, QueueError, send_all};
 use crate::store::{ConnectionStore, DriveStatus, StoreError, UserRecord, begin_connection, tombstone};
 use crate::subscriptions::{SubscriptionError, Subscriptions};
 use crate::vault::{TokenVault, VaultError};
+use crate::walk_store::{Scope, WalkStore};
 
 /// Graph's maximum driveItem subscription lifetime (graph-protocol.md §1.3).
 pub const MAX_LIFETIME: Duration = Duration::minutes(42_300);
@@ -94,6 +95,8 @@ pub struct Connector {
     pub renew_window: Duration,
     /// See [`Subscriptions::jitter`].
     pub jitter: Duration,
+    /// The drives' change logs, read by `GET /changes`.
+    pub log: Arc<dyn WalkStore>,
 }
 
 impl Connector {
@@ -290,6 +293,69 @@ impl Connector {
             last_walk_completed_at: drive.last_walk_completed_at,
         })
     }
+}
+
+impl Connector {
+    /// A page of the caller's change events with a sequence above `after`: only committed ones
+    /// (at most the drive's `seq_high_water`), so a reader never sees an event a walk could
+    /// still renumber, from the current connection's change log.
+    pub async fn changes(
+        &self,
+        user: &UserKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<ChangesPage, ConnectError> {
+        let record = self.store.user(user).await?.ok_or(ConnectError::NotConnected)?;
+        let drive = self
+            .store
+            .drive(&record.drive_key)
+            .await?
+            .filter(|d| d.state != DriveStatus::Disconnected)
+            .ok_or(ConnectError::NotConnected)?;
+        let committed = drive.seq_high_water;
+        if after >= committed {
+            return Ok(ChangesPage {
+                events: Vec::new(),
+                next: after,
+                more: false,
+            });
+        }
+        let scope = Scope {
+            drive_key: &record.drive_key,
+            generation: drive.generation,
+        };
+        let entries = self.log.log_after(scope, after, limit).await?;
+        let mut events = Vec::with_capacity(entries.len());
+        let mut next = after;
+        for entry in entries.iter().take_while(|e| e.sequence <= committed) {
+            let event = serde_json::from_str(&entry.event)
+                .map_err(|e| StoreError::Corrupt(format!("change-log entry {}: {e}", entry.sequence)))?;
+            events.push(event);
+            next = entry.sequence;
+        }
+        if events.is_empty() {
+            // Nothing left at or below the high-water mark: the rest expired (the log's
+            // retention) or belonged to an earlier connection. Move past it rather than
+            // answer the same empty page for ever; the sequence shows the gap.
+            next = committed;
+        }
+        Ok(ChangesPage {
+            more: entries.len() == limit && next < committed,
+            events,
+            next,
+        })
+    }
+}
+
+/// What `GET /changes` answers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ChangesPage {
+    /// Change events as they were sent to the changes queue, in sequence order.
+    pub events: Vec<serde_json::Value>,
+    /// The cursor to pass as `after` next time.
+    pub next: u64,
+    /// Whether more committed events are ready now.
+    pub more: bool,
 }
 
 /// What `GET /connect` shows: the drive's one state field and, for a subscription state, why.

@@ -72,6 +72,12 @@ async fn run() {
         clock: clock.clone(),
         jitter: chrono::Duration::zero(),
         renew_window: DEFAULT_RENEW_WINDOW,
+        log: Arc::new(shared::walk_store::DynamoWalkStore::new(
+            aws_sdk_dynamodb::Client::new(&stack.aws),
+            env.get("TABLE_NAME").unwrap(),
+            chrono::Duration::days(7),
+            clock.clone(),
+        )),
     };
     let validator = TokenValidator::new(
         AuthConfig::from_env(&env).unwrap(),

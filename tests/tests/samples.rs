@@ -7,21 +7,31 @@
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use local_stack::{SAMPLE_TENANT_ID, SAMPLE_USER_ID};
 
-const SAMPLES: [(&str, &str, &str); 3] = [
+/// (method, path, file, text): the user routes' samples.
+const SAMPLES: [(&str, &str, &str, &str); 4] = [
     (
         "POST",
+        "/connect",
         "connect-post.json",
         include_str!("../../events/connect-post.json"),
     ),
     (
         "GET",
+        "/connect",
         "connect-get.json",
         include_str!("../../events/connect-get.json"),
     ),
     (
         "DELETE",
+        "/connect",
         "connect-delete.json",
         include_str!("../../events/connect-delete.json"),
+    ),
+    (
+        "GET",
+        "/changes",
+        "changes-get.json",
+        include_str!("../../events/changes-get.json"),
     ),
 ];
 const LOCAL_SIM: &str = "http://127.0.0.1:3001";
@@ -33,10 +43,11 @@ fn the_connect_samples_carry_a_token_that_verifies_for_years_under_the_dev_key()
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_audience(&[graph_sim::DEFAULT_APP_ID]);
     validation.set_issuer(&[format!("{LOCAL_SIM}/{SAMPLE_TENANT_ID}/v2.0")]);
-    for (method, name, text) in SAMPLES {
+    for (method, path, name, text) in SAMPLES {
         let event: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(event["requestContext"]["http"]["method"], method, "{name}");
-        assert_eq!(event["rawPath"], "/connect", "{name}");
+        assert_eq!(event["rawPath"], path, "{name}");
+        assert_eq!(event["routeKey"], format!("{method} {path}"), "{name}");
         let bearer = event["headers"]["authorization"]
             .as_str()
             .unwrap()
@@ -69,12 +80,25 @@ async fn regenerate_connect_samples() {
         .mint_api_token(&graph_sim::ApiToken::new(SAMPLE_USER_ID).lifetime(chrono::Duration::days(3650)))
         .unwrap()
         .token;
-    for (method, name, _) in SAMPLES {
-        let event = serde_json::json!({
+    for (method, path, name, _) in SAMPLES {
+        let query: serde_json::Map<String, serde_json::Value> = if path == "/changes" {
+            [("after", "0"), ("limit", "100")]
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect()
+        } else {
+            serde_json::Map::new()
+        };
+        let raw_query = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut event = serde_json::json!({
             "version": "2.0",
-            "routeKey": format!("{method} /connect"),
-            "rawPath": "/connect",
-            "rawQueryString": "",
+            "routeKey": format!("{method} {path}"),
+            "rawPath": path,
+            "rawQueryString": raw_query,
             "headers": {
                 "accept": "application/json",
                 "authorization": format!("Bearer {token}"),
@@ -84,13 +108,16 @@ async fn regenerate_connect_samples() {
             },
             "requestContext": {
                 "accountId": "123456789012", "apiId": "abc123def4", "domainName": "127.0.0.1:3000", "domainPrefix": "127",
-                "http": {"method": method, "path": "/connect", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "graphfeed-client/0.1.0"},
-                "requestId": "Cn3cTy0AAAAEXAMPLE=", "routeKey": format!("{method} /connect"), "stage": "$default",
+                "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "graphfeed-client/0.1.0"},
+                "requestId": "Cn3cTy0AAAAEXAMPLE=", "routeKey": format!("{method} {path}"), "stage": "$default",
                 "time": "22/Nov/2026:10:00:00 +0000", "timeEpoch": 1795341600000u64
             },
             "isBase64Encoded": false
         });
-        let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::write(path, serde_json::to_string_pretty(&event).unwrap() + "\n").unwrap();
+        if !query.is_empty() {
+            event["queryStringParameters"] = query.into();
+        }
+        let file = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::write(file, serde_json::to_string_pretty(&event).unwrap() + "\n").unwrap();
     }
 }

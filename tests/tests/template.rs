@@ -829,7 +829,7 @@ fn samconfig_deploys_with_iam_capability_and_never_names_a_region_or_profile() {
 // ---- connect ---------------------------------------------------------------------------------
 
 #[test]
-fn connect_serves_the_user_routes_and_may_touch_only_its_table_key_queue_and_secrets() {
+fn connect_serves_the_user_routes_and_may_touch_only_its_table_key_queue_secrets_and_read_change_logs() {
     let t = template();
     let connect = properties(&t, "ConnectFunction");
     let mut routes = BTreeSet::new();
@@ -846,6 +846,7 @@ fn connect_serves_the_user_routes_and_may_touch_only_its_table_key_queue_and_sec
         routes,
         BTreeSet::from([
             "DELETE /connect".to_owned(),
+            "GET /changes".to_owned(),
             "GET /connect".to_owned(),
             "POST /connect".to_owned()
         ])
@@ -869,6 +870,7 @@ fn connect_serves_the_user_routes_and_may_touch_only_its_table_key_queue_and_sec
     let none = Value::Null.to_string();
     let own_items =
         json!({"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["USER#*", "DRIVE#*"]}}).to_string();
+    let change_logs = json!({"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["LOG#*"]}}).to_string();
     let purpose = json!({
         "StringEquals": {"kms:EncryptionContext:graphfeed:purpose": "refresh-token"},
         "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["graphfeed:tenant", "graphfeed:user", "graphfeed:purpose"]}
@@ -876,6 +878,8 @@ fn connect_serves_the_user_routes_and_may_touch_only_its_table_key_queue_and_sec
     .to_string();
     let expected: BTreeSet<(String, String, String)> = [
         ("dynamodb:GetItem", arn_of("Table"), &own_items),
+        // GET /changes: a query on a change log, never an index.
+        ("dynamodb:Query", arn_of("Table"), &change_logs),
         ("dynamodb:PutItem", arn_of("Table"), &own_items),
         ("dynamodb:DeleteItem", arn_of("Table"), &own_items),
         ("kms:GenerateDataKey", arn_of("TokenKey"), &purpose),
@@ -1780,7 +1784,7 @@ fn every_kms_key_rotates_its_material() {
 fn every_user_route_is_throttled_far_below_graphs_routes() {
     let t = template();
     let api = properties(&t, "HttpApi");
-    // Every route but Graph's (notify's) is a user route, /connect today: each carries its own,
+    // Every route but Graph's (notify's) is a user route (/connect, /changes): each carries its own,
     // tighter limits (a user's token costs an OBO exchange and a KMS call).
     let mut user_routes = BTreeSet::new();
     for (id, _) in resources_of(&t, "AWS::Serverless::Function") {
@@ -1803,6 +1807,7 @@ fn every_user_route_is_throttled_far_below_graphs_routes() {
         }
     }
     assert!(user_routes.contains("POST /connect"));
+    assert!(user_routes.contains("GET /changes"));
     let settings = api["RouteSettings"].as_object().expect("RouteSettings");
     assert_eq!(settings.keys().cloned().collect::<BTreeSet<_>>(), user_routes);
     for (route, setting) in settings {

@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, Request as AxumRequest};
 use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::{MethodFilter, on};
 use futures::future::BoxFuture;
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, Request, RequestExt, Response};
 
 use crate::template::Route;
 
@@ -96,7 +96,13 @@ async fn invoke(function: Arc<dyn HttpFunction>, request: AxumRequest) -> AxumRe
     } else {
         Body::Binary(bytes.to_vec())
     };
-    let response = function.call(Request::from_parts(parts, body)).await;
+    // API Gateway hands the function the decoded query string as well as the raw one.
+    let mut query: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+        query.entry(k.into_owned()).or_default().push(v.into_owned());
+    }
+    let request = Request::from_parts(parts, body).with_query_string_parameters(query);
+    let response = function.call(request).await;
     let (parts, body) = response.into_parts();
     let bytes: Vec<u8> = match body {
         Body::Empty => Vec::new(),

@@ -1,4 +1,4 @@
-//! Translates the user-facing routes into `shared::connect` calls and their errors into answers
+//! Translates the user-facing routes (`POST/GET/DELETE /connect`, `GET /changes`) into `shared::connect` calls and their errors into answers
 //! a client can act on:
 //!
 //! | outcome | answer |
@@ -59,19 +59,25 @@ impl Connect {
     #[tracing::instrument(name = "connect", skip_all, fields(method = %request.method()))]
     pub async fn handle(&self, request: Request) -> Response<Body> {
         let method = request.method().clone();
+        let changes = is_changes_route(&request);
         let response = self.answer(request).await;
-        self.count(&method, response.status());
+        self.count(&method, changes, response.status());
         response
     }
 
     /// One EMF line per request: what was asked, and whether it failed (4xx a caller's, 5xx ours).
-    fn count(&self, method: &Method, status: StatusCode) {
+    fn count(&self, method: &Method, changes: bool, status: StatusCode) {
         let ok = status.is_success();
         let one = |yes: bool| if yes { 1.0 } else { 0.0 };
         self.metrics.emit(&[
             ("Connects", one(ok && *method == Method::POST), Unit::Count),
             ("Disconnects", one(ok && *method == Method::DELETE), Unit::Count),
-            ("StatusReads", one(ok && *method == Method::GET), Unit::Count),
+            (
+                "StatusReads",
+                one(ok && *method == Method::GET && !changes),
+                Unit::Count,
+            ),
+            ("ChangeReads", one(ok && changes), Unit::Count),
             ("ConnectRefused", one(status.is_client_error()), Unit::Count),
             ("ConnectFailures", one(status.is_server_error()), Unit::Count),
         ]);
@@ -110,6 +116,20 @@ impl Connect {
             }
         };
         tracing::Span::current().record("method", tracing::field::display(request.method()));
+        if is_changes_route(&request) {
+            return match changes_query(&request) {
+                Ok((after, limit)) => self
+                    .connector
+                    .changes(&caller.user, after, limit)
+                    .await
+                    .map(|page| json_response(StatusCode::OK, &json!(page)))
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "changes read failed");
+                        answer_error(&e)
+                    }),
+                Err(message) => error(StatusCode::BAD_REQUEST, "invalid_request", &message),
+            };
+        }
         let outcome = match *request.method() {
             Method::POST => {
                 let urls = self.notification_urls(&request);
@@ -157,6 +177,36 @@ impl Connect {
                 .unwrap_or_else(|| format!("{base}/lifecycle")),
         }
     }
+}
+
+/// `GET /changes` (any stage): the change-log route on this function.
+fn is_changes_route(request: &Request) -> bool {
+    request.method() == Method::GET && request.uri().path().trim_end_matches('/').ends_with("/changes")
+}
+
+/// `GET /changes` reads at most this many events per call when `limit` is not given.
+pub const DEFAULT_CHANGES_LIMIT: usize = 100;
+/// ... and never more than this.
+pub const MAX_CHANGES_LIMIT: usize = 500;
+
+/// `after` (a sequence, default 0) and `limit` (1 to [`MAX_CHANGES_LIMIT`]) from the query string.
+fn changes_query(request: &Request) -> Result<(u64, usize), String> {
+    let query = request.query_string_parameters();
+    let after = match query.first("after") {
+        None => 0,
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| "after must be a sequence number (0 or more).".to_owned())?,
+    };
+    let limit = match query.first("limit") {
+        None => DEFAULT_CHANGES_LIMIT,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_CHANGES_LIMIT).contains(l))
+            .ok_or_else(|| format!("limit must be a number from 1 to {MAX_CHANGES_LIMIT}."))?,
+    };
+    Ok((after, limit))
 }
 
 fn request_base(request: &Request) -> String {
@@ -362,6 +412,47 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = include_str!("../../../events/connect-post.json");
+    const CHANGES_SAMPLE: &str = include_str!("../../../events/changes-get.json");
+
+    fn request(event: &serde_json::Value) -> Request {
+        lambda_http::request::from_str(&event.to_string()).unwrap()
+    }
+
+    #[test]
+    fn get_changes_is_told_apart_from_get_connect_on_any_stage() {
+        let mut event: serde_json::Value = serde_json::from_str(CHANGES_SAMPLE).unwrap();
+        assert!(is_changes_route(&request(&event)));
+        assert_eq!(changes_query(&request(&event)), Ok((0, 100)));
+        event["rawPath"] = "/prod/changes".into();
+        event["requestContext"]["stage"] = "prod".into();
+        assert!(is_changes_route(&request(&event)));
+        let get_connect: serde_json::Value =
+            serde_json::from_str(include_str!("../../../events/connect-get.json")).unwrap();
+        assert!(!is_changes_route(&request(&get_connect)));
+    }
+
+    #[test]
+    fn changes_cursors_default_to_the_start_and_a_bad_one_names_the_parameter() {
+        let mut event: serde_json::Value = serde_json::from_str(CHANGES_SAMPLE).unwrap();
+        event["queryStringParameters"] = serde_json::json!({});
+        event["rawQueryString"] = "".into();
+        assert_eq!(changes_query(&request(&event)), Ok((0, DEFAULT_CHANGES_LIMIT)));
+        for (query, named) in [
+            ("after=-3", "after"),
+            ("after=1e3", "after"),
+            ("limit=0", "limit"),
+            ("limit=501", "limit"),
+        ] {
+            let (k, v) = query.split_once('=').unwrap();
+            event["queryStringParameters"] = serde_json::json!({ k: v });
+            event["rawQueryString"] = query.into();
+            let message = changes_query(&request(&event)).unwrap_err();
+            assert!(message.starts_with(named), "{query}: {message}");
+        }
+        event["queryStringParameters"] = serde_json::json!({"after": "18446744073709551615", "limit": "500"});
+        event["rawQueryString"] = "after=18446744073709551615&limit=500".into();
+        assert_eq!(changes_query(&request(&event)), Ok((u64::MAX, MAX_CHANGES_LIMIT)));
+    }
 
     #[test]
     fn without_configured_urls_they_come_from_the_requests_own_api_domain() {

@@ -1,4 +1,5 @@
-//! connect: the user-facing routes (`POST /connect`, `GET /connect`, `DELETE /connect`).
+//! connect: the user-facing routes (`POST /connect`, `GET /connect`, `DELETE /connect`, and
+//! `GET /changes`, the caller's change events from the change log).
 //!
 //! [`handler`] translates requests into calls on `shared::connect`; [`wire`] builds it from
 //! configuration once per cold start, for the Lambda binary and the local stack alike.
@@ -19,6 +20,7 @@ use shared::renew::RenewSettings;
 use shared::secrets::SecretError;
 use shared::store::DynamoStore;
 use shared::vault::{KmsDynamoVault, VaultConfig};
+use shared::walk_store::DynamoWalkStore;
 
 pub use handler::Connect;
 
@@ -83,6 +85,13 @@ pub async fn wire(
         clock: clock.clone(),
         renew_window: renew.window,
         jitter: renew.jitter,
+        // Reads only: the retention and clock matter to writers.
+        log: Arc::new(DynamoWalkStore::new(
+            aws_sdk_dynamodb::Client::new(aws),
+            vault_config.table_name.clone(),
+            chrono::Duration::days(7),
+            clock.clone(),
+        )),
     };
     Ok(Connect::new(
         TokenValidator::new(auth, http, clock),
