@@ -66,16 +66,40 @@ pub fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
 
-/// An invocation's deadline (the Lambda runtime gives epoch milliseconds, by the wall clock) as
-/// an `Instant`.
+/// Below this, a `Lambda-Runtime-Deadline-Ms` cannot be an epoch time (it would be before 2001):
+/// it is the time left. `cargo lambda watch` (1.9) sends the time left (600000 for its default
+/// 10 minutes), where Lambda sends the epoch deadline.
+const EPOCH_MS_FLOOR: u64 = 978_307_200_000;
+
+/// An invocation's deadline as an `Instant`. Lambda gives epoch milliseconds, by the wall clock;
+/// a value too small to be one is taken as the milliseconds left (cargo-lambda's emulator), so a
+/// function run under `cargo lambda watch` is not out of time before it starts.
 pub fn deadline_from_epoch_ms(deadline_ms: u64) -> std::time::Instant {
-    let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
-    std::time::Instant::now() + std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+    let left_ms = if deadline_ms < EPOCH_MS_FLOOR {
+        deadline_ms
+    } else {
+        let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+        deadline_ms.saturating_sub(now_ms)
+    };
+    std::time::Instant::now() + std::time::Duration::from_millis(left_ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deadline_is_an_epoch_time_from_lambda_and_the_time_left_from_cargo_lambda() {
+        let in_ten_seconds = u64::try_from(Utc::now().timestamp_millis()).unwrap() + 10_000;
+        let left = deadline_from_epoch_ms(in_ten_seconds) - std::time::Instant::now();
+        assert!(left > std::time::Duration::from_secs(9) && left <= std::time::Duration::from_secs(10));
+        // What `cargo lambda watch` sends: 600000, ten minutes left.
+        let left = deadline_from_epoch_ms(600_000) - std::time::Instant::now();
+        assert!(left > std::time::Duration::from_secs(599) && left <= std::time::Duration::from_secs(600));
+        // An epoch deadline already past is no time at all.
+        let past = u64::try_from(Utc::now().timestamp_millis()).unwrap() - 5_000;
+        assert!(deadline_from_epoch_ms(past) <= std::time::Instant::now());
+    }
 
     #[test]
     fn an_offset_clock_moves_forward_for_every_clone() {
