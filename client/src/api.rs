@@ -2,8 +2,8 @@
 //! body `{"error":{"code","message"}}` turned into an [`Error`] whose hint says what to do next.
 //!
 //! A 401 is answered by refreshing the token once and retrying (a token can be refused before its
-//! cached expiry, e.g. after a key rotation); a 503 by waiting its `Retry-After` (at most 30 s)
-//! and retrying once, then reporting graphfeed busy.
+//! cached expiry, e.g. after a key rotation); a 503 or a 429 (API Gateway's throttle) by waiting
+//! its `Retry-After` (at most 30 s) and retrying once, then reporting graphfeed busy.
 
 use std::time::Duration;
 
@@ -92,7 +92,7 @@ impl<'s, 'a> Api<'s, 'a> {
                 token = fresh;
                 continue;
             }
-            if status == 503 && !waited {
+            if (status == 503 || status == 429) && !waited {
                 waited = true;
                 let pause = wait.unwrap_or(DEFAULT_WAIT);
                 if pause <= LONGEST_WAIT {
@@ -153,7 +153,7 @@ impl ApiFailure {
     }
 
     fn into_error(self, retry_after: Option<Duration>) -> Error {
-        if self.status == 503 || self.code == "temporarily_unavailable" {
+        if self.status == 503 || self.status == 429 || self.code == "temporarily_unavailable" {
             return Error::Busy {
                 service: "graphfeed",
                 detail: self.message,
@@ -189,6 +189,13 @@ mod tests {
         let error = ApiFailure::read(404, &Value::Null, "http://x/changes").into_error(None);
         assert!(error.to_string().contains("route_not_found"), "{error}");
         assert!(error.hint().contains("--api-url"));
+    }
+
+    #[test]
+    fn api_gateways_429_throttle_is_busy_too() {
+        let body = serde_json::json!({"message": "Too Many Requests"});
+        let error = ApiFailure::read(429, &body, "u").into_error(None);
+        assert!(matches!(error, Error::Busy { .. }), "{error}");
     }
 
     #[test]

@@ -288,7 +288,8 @@ impl TokenAnswer {
         };
         AccessToken {
             secret: SecretString::from(self.access_token.clone()),
-            expires_at: now + chrono::TimeDelta::seconds(seconds.max(0)),
+            // At most a day: a number no token endpoint sends cannot overflow the date.
+            expires_at: now + chrono::TimeDelta::seconds(seconds.clamp(0, 86_400)),
             scope: asked_scope.to_owned(),
         }
     }
@@ -454,12 +455,23 @@ pub async fn login(
         api: Some(api),
         graph: None,
     };
-    let graph = redeem_refresh_token(http, settings, &cache.refresh_token, GRAPH_SCOPE).await?;
-    if let Some(rotated) = &graph.refresh_token {
-        cache.refresh_token = SecretString::from(rotated.clone());
-    }
-    cache.graph = Some(graph.access_token(GRAPH_SCOPE, Utc::now()));
+    // The API sign-in is kept whatever happens next: connect, status and changes need no more.
     cache.save(&paths.token_cache())?;
+    match redeem_refresh_token(http, settings, &cache.refresh_token, GRAPH_SCOPE).await {
+        Ok(graph) => {
+            if let Some(rotated) = &graph.refresh_token {
+                cache.refresh_token = SecretString::from(rotated.clone());
+            }
+            cache.graph = Some(graph.access_token(GRAPH_SCOPE, Utc::now()));
+            cache.save(&paths.token_cache())?;
+        }
+        // Typically Files.ReadWrite not consented: only uploads need it, and they say so again.
+        Err(e) => console.note(format!(
+            "warning: signed in to graphfeed, but Microsoft Graph refused a token for uploads ({e}). \
+             connect, status and changes work; for uploads, consent to Files.ReadWrite for this \
+             client app, then run `graphfeed login` again."
+        )),
+    }
     Ok(cache.account)
 }
 
@@ -470,7 +482,8 @@ async fn poll_device_code(
     issued: &DeviceCode,
 ) -> Result<TokenAnswer, Error> {
     let mut interval = Duration::from_secs(issued.interval.max(1));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(issued.expires_in);
+    // Device codes live minutes (15 at Entra); a day bounds whatever the answer says.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(issued.expires_in.min(86_400));
     loop {
         tokio::time::sleep(interval).await;
         if tokio::time::Instant::now() >= deadline {
@@ -508,6 +521,13 @@ async fn poll_device_code(
 
 /// `graphfeed logout`: forgets the cached tokens. `false` when there were none.
 pub fn logout(paths: &Paths) -> Result<bool, Error> {
+    // Saved upload sessions hold pre-authorised upload URLs: they go with the sign-in.
+    let uploads = paths.uploads_dir();
+    match std::fs::remove_dir_all(&uploads) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::file("delete", uploads, e)),
+    }
     let path = paths.token_cache();
     secure_file::remove_if_exists(&path).map_err(|e| Error::file("delete", path, e))
 }
@@ -566,6 +586,18 @@ impl<'a> Session<'a> {
     /// returns; both are saved before the token is used.
     pub async fn refresh(&mut self, resource: Resource) -> Result<SecretString, Error> {
         let scope = resource.scope(self.settings);
+        // Another graphfeed process (a `changes --follow` beside an upload) may have rotated the
+        // refresh token since this one started: redeem the newest, and take its tokens too.
+        if let Ok(Some(newer)) = TokenCache::load(&self.path)
+            && newer.refresh_token.expose_secret() != self.cache.refresh_token.expose_secret()
+        {
+            self.cache = newer;
+            if let Some(token) = self.cache.token(resource)
+                && token.usable(&scope, Utc::now())
+            {
+                return Ok(token.secret.clone());
+            }
+        }
         let answer =
             redeem_refresh_token(self.http, self.settings, &self.cache.refresh_token, &scope).await?;
         if let Some(rotated) = &answer.refresh_token {

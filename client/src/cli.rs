@@ -98,10 +98,11 @@ Example:
   graphfeed login")]
     Login,
 
-    /// Forget the cached tokens.
+    /// Forget the cached tokens and saved upload sessions.
     #[command(long_about = "\
-Forget the cached tokens: deletes tokens.json. graphfeed keeps your connection; use
-`graphfeed disconnect` first to end it.
+Forget the cached tokens: deletes tokens.json, and the saved upload sessions (uploads/), whose
+upload URLs work without a token. graphfeed keeps your connection; use `graphfeed disconnect`
+first to end it.
 
 Example:
   graphfeed logout")]

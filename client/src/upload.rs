@@ -605,10 +605,12 @@ pub async fn upload<'a>(
         base: graph_base,
         session,
     };
+    let saved_path = saved_session_path(paths, graph_base, account.as_deref(), &local.path, &remote);
     if local.size <= SIMPLE_UPLOAD_MAX {
+        // A session saved while the file was larger is of no use now; its URL is a credential.
+        let _ = secure_file::remove_if_exists(&saved_path);
         return simple_upload(&mut graph, &local, &remote, request.conflict).await;
     }
-    let saved_path = saved_session_path(paths, graph_base, account.as_deref(), &local.path, &remote);
     let progress = Progress::new(local.size, !request.quiet && console.stderr_is_terminal);
     let say = |console: &mut Console<'_>, text: String| {
         if !request.quiet {
@@ -626,7 +628,7 @@ pub async fn upload<'a>(
                         "Resuming the upload of {} to {remote} at byte {byte} of {} ({}% done).",
                         local.path.display(),
                         local.size,
-                        byte * 100 / local.size.max(1)
+                        byte.saturating_mul(100) / local.size.max(1)
                     ),
                 ),
                 None => say(
@@ -902,6 +904,14 @@ async fn send_fragments(
         reason,
     };
     while let Some((first, last)) = fragments(total, size, offset).next() {
+        // A file edited mid-upload would commit a mix of old and new bytes: stop instead. The
+        // next run sees the change and starts a new session.
+        if LocalFile::stat(&local.path)? != *local {
+            return Err(failed(
+                "the file changed during the upload; run the same command again to upload it as it is now"
+                    .to_owned(),
+            ));
+        }
         let bytes = local.read(first, last)?;
         let reply = match graph
             .upload_url(Method::PUT, url, Some((first, last, total, bytes)))

@@ -312,9 +312,14 @@ async fn login_through_a_device_code_caches_both_tokens_privately_then_connect_a
         "disconnect deleted the subscription"
     );
     assert!(cache_path.exists(), "disconnecting keeps the sign-in");
+    // A saved upload session (its URL works without a token) goes with the sign-in.
+    let saved = graphfeed.config_dir().join("uploads").join("saved.json");
+    std::fs::create_dir_all(saved.parent().unwrap()).unwrap();
+    std::fs::write(&saved, "{}").unwrap();
     let logged_out = graphfeed.run(&["logout"]).await.ok();
     assert!(logged_out.stdout.starts_with("Signed out"), "{logged_out:?}");
     assert!(!cache_path.exists());
+    assert!(!saved.exists(), "logout forgets saved upload sessions");
 }
 
 #[tokio::test]
@@ -593,8 +598,13 @@ async fn fragments_answered_503_and_416_are_retried_from_where_the_session_stand
     assert_eq!(
         counters.upload_bytes_accepted,
         5 * MIB as u64,
-        "no byte sent twice"
+        "every byte accepted once"
     );
+    // The simulator refuses an overlapping fragment, so bytes alone cannot show a resend: four
+    // fragments of 1.25 MiB accepted, and no refusal beyond the two faults, means none was sent
+    // again.
+    assert_eq!(counters.upload_fragments_accepted, 4, "no fragment sent twice");
+    assert_eq!(counters.upload_fragments_rejected, 2, "only the two injected faults");
     let item = sim.item_by_path(&user.drive_id, "flaky.bin").unwrap();
     assert_eq!(item.sha256.as_deref(), Some(sha256.as_str()));
 }
@@ -753,8 +763,25 @@ async fn an_expired_api_token_is_refreshed_and_a_refused_one_refreshed_once_rota
     expired["api"]["expires_at"] = "2020-01-01T00:00:00Z".into();
     std::fs::write(&cache, expired.to_string()).unwrap();
 
+    let refreshes = || {
+        stack
+            .sim
+            .sim()
+            .counters()
+            .token_requests
+            .get("refresh_token")
+            .copied()
+            .unwrap_or(0)
+    };
+    let refreshes_before = refreshes();
+
     // Not connected yet: graphfeed accepted the refreshed token and says what to do next.
     let status = graphfeed.run(&["status"]).await;
+    assert_eq!(
+        refreshes(),
+        refreshes_before + 1,
+        "the expired token was refreshed once"
+    );
 
     assert_eq!(status.code, Some(1), "{status:?}");
     assert!(status.stderr.contains("not_connected"), "{status:?}");
@@ -775,6 +802,11 @@ async fn an_expired_api_token_is_refreshed_and_a_refused_one_refreshed_once_rota
     assert!(
         status.stderr.contains("not_connected"),
         "a 401 refreshed once: {status:?}"
+    );
+    assert_eq!(
+        refreshes(),
+        refreshes_before + 2,
+        "the refused token was refreshed once"
     );
     assert_ne!(graphfeed.tokens()["api"]["access_token"], "not-a-token");
 }
