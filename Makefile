@@ -81,6 +81,12 @@ size: venv ## Build notify for Lambda (arm64, release, stripped) and report its 
 	cargo lambda build --release --arm64 -p notify
 	@ls -l target/lambda/notify/bootstrap | awk '{printf "notify arm64 bootstrap: %.1f MB\n", $$5/1000000}'
 
+.PHONY: package
+package: venv ## sam build (release, arm64, cargo-lambda) of all four functions, then each zip's size (our budget: 6 MB each)
+	rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || true
+	sam build --template template.yaml
+	$(VENV)/bin/python dev/package/zip_sizes.py .aws-sam/build 6
+
 .PHONY: bench-walk
 bench-walk: venv ## the walker: a 100,000-item drive from graph-sim (own process), items/s, peak memory; DynamoDB writes per changed item (moto)
 	$(CARGO) build --release -p graph-sim

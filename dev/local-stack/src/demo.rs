@@ -5,6 +5,9 @@
 //! walks the drive. Then the demo changes files (create, rename, edit, delete) and prints each
 //! change event as process-changes logs it.
 //!
+//! A `graphfeed login` (the client's device-code sign-in) is approved as the demo user, so a
+//! person can upload files as that user and watch the events arrive.
+//!
 //! Events are read from the drive's change log in DynamoDB, not from the changes queue, so the
 //! queue is left whole for a downstream consumer you run yourself.
 
@@ -35,6 +38,7 @@ pub async fn run(
             return;
         }
     };
+    tokio::spawn(approve_client_sign_ins(sim.clone(), user.user_id.clone()));
     let ddb = aws_sdk_dynamodb::Client::new(&aws);
     let drives = DynamoStore::new(ddb.clone(), table.clone());
     let log = DynamoWalkStore::new(ddb, table, chrono::Duration::days(7), shared::clock::system());
@@ -94,7 +98,33 @@ pub async fn run(
         "demo: change more with `curl -X POST {control_url}/drives/{}/items -H 'content-type: application/json' -d '{{\"name\":\"more.txt\"}}'`; events keep appearing here",
         user.drive_id
     );
+    println!(
+        "demo: or as this user with the client, in another terminal: `cargo run -q -p graphfeed-client -- login` (approved here as the demo user), then `… -- upload <file>` and `… -- changes --follow`"
+    );
     watcher.wait_for(u64::MAX).await;
+}
+
+/// Signs in the client as the demo user: graph-sim has no sign-in page, so each pending device
+/// code (`graphfeed login`) is approved for the demo user as it appears.
+async fn approve_client_sign_ins(sim: graph_sim::Sim, user_id: String) {
+    let mut tried = std::collections::HashSet::new();
+    loop {
+        for code in sim.device_codes() {
+            if code.status == graph_sim::DeviceCodeStatus::Pending
+                && !code.expired
+                && tried.insert(code.user_code.clone())
+            {
+                match sim.approve_device_code(&code.user_code, &user_id) {
+                    Ok(_) => println!(
+                        "demo: approved sign-in code {} (graphfeed login) as the demo user",
+                        code.user_code
+                    ),
+                    Err(e) => println!("demo: could not approve sign-in code {}: {e}", code.user_code),
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn new_file(name: &str) -> graph_sim::NewItem {
@@ -193,7 +223,15 @@ impl LogWatcher {
             drive_key: &self.drive_key,
             generation: state.generation,
         };
-        let entries = self.log.log_after(scope, self.seen, 100).await?;
+        // Committed events only (as GET /changes serves them): an entry above the high-water
+        // mark belongs to a walk that has not finished and could still be replayed.
+        let entries: Vec<_> = self
+            .log
+            .log_after(scope, self.seen, 100)
+            .await?
+            .into_iter()
+            .take_while(|entry| entry.sequence <= state.seq_high_water)
+            .collect();
         for entry in &entries {
             match serde_json::from_str::<ChangeEvent>(&entry.event) {
                 Ok(e) => println!(
