@@ -604,7 +604,10 @@ async fn fragments_answered_503_and_416_are_retried_from_where_the_session_stand
     // fragments of 1.25 MiB accepted, and no refusal beyond the two faults, means none was sent
     // again.
     assert_eq!(counters.upload_fragments_accepted, 4, "no fragment sent twice");
-    assert_eq!(counters.upload_fragments_rejected, 2, "only the two injected faults");
+    assert_eq!(
+        counters.upload_fragments_rejected, 2,
+        "only the two injected faults"
+    );
     let item = sim.item_by_path(&user.drive_id, "flaky.bin").unwrap();
     assert_eq!(item.sha256.as_deref(), Some(sha256.as_str()));
 }
@@ -898,8 +901,9 @@ async fn changes_follow_prints_new_events_as_they_come_and_ctrl_c_ends_it_cleanl
     let (file, _) = graphfeed.file("later.txt", 10);
     graphfeed.run(&["upload", file.to_str().unwrap()]).await.ok();
     tokio::task::block_in_place(|| wait_for("created /later.txt (file, 10 B)"));
-    let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &follower.id().to_string()])
+    // The shell's own `kill`: a minimal machine may have no kill executable.
+    let interrupted = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", follower.id())])
         .status()
         .unwrap();
     assert!(interrupted.success());

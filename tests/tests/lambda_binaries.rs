@@ -122,7 +122,10 @@ impl Drop for Watch {
         // cargo-lambda stops the functions it started (each in its own session) on SIGINT, as
         // on Ctrl-C; SIGTERM alone leaves it waiting. Whatever is left after 10 s is killed.
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        // The shell's own `kill`: a minimal machine may have no kill executable.
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -INT {pid}")])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -130,7 +133,9 @@ impl Drop for Watch {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -KILL -{pid}")])
+            .status();
         let _ = self.child.wait();
     }
 }
