@@ -1,5 +1,5 @@
-//! Translates the user-facing routes (`POST/GET/DELETE /connect`, `GET /changes`) into `shared::connect` calls and their errors into answers
-//! a client can act on:
+//! Translates the user-facing routes (`POST/GET/DELETE /connect`, `GET /changes`) into
+//! `shared::connect` calls and their errors into answers a client can act on:
 //!
 //! | outcome | answer |
 //! |---|---|
@@ -11,6 +11,8 @@
 //! | Entra or Graph busy (`temporarily_unavailable`, 429, 5xx) | 503 + `Retry-After` |
 //! | Graph could not validate the notification URL | 502 `notification_url_unreachable` |
 //! | Graph's subscription quota | 409 `subscription_quota_reached` |
+//! | `GET /changes` with a bad `after` or `limit` | 400 `invalid_request`, naming the parameter |
+//! | not connected (or disconnected) | 404 `not_connected` |
 //! | anything else | 500 / 503 with a fixed message; details stay in the logs |
 
 use std::time::Duration;
