@@ -921,6 +921,80 @@ async fn changes_follow_prints_new_events_as_they_come_and_ctrl_c_ends_it_cleanl
     );
 }
 
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_follow_keeps_polling_while_graphfeed_is_busy_and_prints_what_comes_after() {
+    // Every AWS call of the stack goes through a proxy that can make AWS answer 503, so
+    // graphfeed's own GET /changes answers 503 while it fails.
+    let proxy = graphfeed_tests::FaultyProxy::start(graphfeed_tests::moto_endpoint()).await;
+    let stack = TestStack::start_with(StackOptions {
+        endpoint: proxy.endpoint.clone(),
+        run_process_changes: true,
+        ..StackOptions::default()
+    })
+    .await;
+    let graphfeed = Graphfeed::at(&stack);
+    graphfeed.login(&stack).await;
+    graphfeed.run(&["connect"]).await.ok();
+    graphfeed.changes_until("baseline-complete").await;
+
+    proxy.fail(true);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_graphfeed"));
+    command.args(["changes", "--follow", "--after", "1", "--interval", "1"]);
+    for name in SETTINGS_ENV {
+        command.env_remove(name);
+    }
+    let mut follower = command
+        .envs(graphfeed.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(follower.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(follower.stderr.take().unwrap()),
+    ] {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stream).lines() {
+                if lines.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut printed = Vec::new();
+    let mut wait_for = |text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !printed.iter().any(|l: &String| l.contains(text)) {
+            assert!(Instant::now() < deadline, "no '{text}' in {printed:?}");
+            if let Ok(line) = seen.recv_timeout(Duration::from_millis(100)) {
+                printed.push(line);
+            }
+        }
+    };
+    tokio::task::block_in_place(|| wait_for("still following"));
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "a busy graphfeed ended --follow: {printed:?}"
+    );
+
+    proxy.fail(false);
+    let (file, _) = graphfeed.file("after-the-outage.txt", 10);
+    graphfeed.run(&["upload", file.to_str().unwrap()]).await.ok();
+    tokio::task::block_in_place(|| wait_for("created /after-the-outage.txt (file, 10 B)"));
+    let interrupted = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", follower.id())])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = tokio::task::block_in_place(|| follower.wait()).unwrap();
+    assert_eq!(status.code(), Some(0), "Ctrl-C ends --follow without an error");
+}
+
 #[tokio::test]
 async fn every_command_has_help_that_says_what_it_does() {
     let graphfeed = Graphfeed::offline();
