@@ -6,11 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use graphfeed_tests::{SignedInUser, StackOptions, TestStack};
 use serde_json::Value;
 use shared::changes::{Change, ChangeEvent};
 use shared::store::ConnectionStore;
-use shared::walk_store::{LogEntry, Scope, WalkStore};
+use shared::walk_store::{LogEntry, Scope, WalkStore, log_pk, log_sk};
 
 async fn stack() -> TestStack {
     TestStack::start_with(StackOptions {
@@ -142,6 +143,41 @@ async fn get_changes_never_serves_a_logged_event_above_the_committed_high_water_
     let (_, page) = get_changes(&stack, Some(&user.token), "?after=1").await;
     assert_eq!(page["events"], serde_json::json!([]));
     assert_eq!(page["next"], 1, "the cursor waits at the committed mark");
+}
+
+#[tokio::test]
+async fn a_cursor_below_entries_the_log_no_longer_holds_moves_past_them_instead_of_standing_still() {
+    let stack = stack().await;
+    let user = stack.sign_in_new_user();
+    let drive_key = stack.connect(&user).await;
+    assert_eq!(wait_for_events(&stack, &user, 1).await.len(), 1);
+    stack.new_file(&user, "gone.txt");
+    assert_eq!(wait_for_events(&stack, &user, 2).await.len(), 2);
+    let state = stack.drive_store().drive(&drive_key).await.unwrap().unwrap();
+    assert_eq!(state.seq_high_water, 2);
+    // The log's retention (TTL) removed both entries; moto never expires items, so delete them.
+    let scope = Scope {
+        drive_key: &drive_key,
+        generation: state.generation,
+    };
+    let dynamodb = aws_sdk_dynamodb::Client::new(&stack.aws);
+    for sequence in [1, 2] {
+        dynamodb
+            .delete_item()
+            .table_name(stack.running.process_env.get("TABLE_NAME").unwrap())
+            .key("pk", AttributeValue::S(log_pk(scope)))
+            .key("sk", AttributeValue::S(log_sk(sequence)))
+            .send()
+            .await
+            .unwrap();
+    }
+    let (status, page) = get_changes(&stack, Some(&user.token), "?after=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        page,
+        serde_json::json!({"events": [], "next": 2, "more": false}),
+        "the gap shows in the sequence; the cursor moves to the committed mark"
+    );
 }
 
 #[tokio::test]
