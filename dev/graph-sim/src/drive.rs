@@ -1047,6 +1047,22 @@ impl Drive {
         size: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<Change, SimError> {
+        self.set_content(id, now, |item| {
+            if let Some(size) = size {
+                item.size = size;
+            }
+            // The new content is not known to the simulator.
+            item.sha256 = None;
+        })
+    }
+
+    /// A file's new content, as `write` sets it: a journal entry, new eTag and cTag, same id.
+    fn set_content(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+        write: impl FnOnce(&mut Item),
+    ) -> Result<Change, SimError> {
         if self.live(id)?.folder {
             return Err(SimError::BadRequest(format!(
                 "item {id} is a folder; only files have content"
@@ -1056,11 +1072,7 @@ impl Drive {
         let item = self
             .get_mut(id)
             .ok_or_else(|| SimError::NotFound(id.to_owned()))?;
-        if let Some(size) = size {
-            item.size = size;
-        }
-        // The new content is not known to the simulator.
-        item.sha256 = None;
+        write(item);
         item.bump(true, seq, now);
         Ok(Change {
             item: item.clone(),
@@ -1157,21 +1169,9 @@ impl Drive {
         content: &Content,
         now: DateTime<Utc>,
     ) -> Result<Change, SimError> {
-        if self.live(id)?.folder {
-            return Err(SimError::BadRequest(format!(
-                "item {id} is a folder; only files have content"
-            )));
-        }
-        let seq = self.journal_append(id);
-        let item = self
-            .get_mut(id)
-            .ok_or_else(|| SimError::NotFound(id.to_owned()))?;
-        item.size = content.size;
-        item.sha256 = Some(content.sha256.clone());
-        item.bump(true, seq, now);
-        Ok(Change {
-            item: item.clone(),
-            touched: vec![id.to_owned()],
+        self.set_content(id, now, |item| {
+            item.size = content.size;
+            item.sha256 = Some(content.sha256.clone());
         })
     }
 

@@ -63,6 +63,24 @@ pub const WRITE_SCOPES: [&str; 6] = [
 ];
 
 impl Grant {
+    /// A user's grant to an app (not app-only).
+    fn delegated(
+        tenant_id: &str,
+        user_id: &str,
+        app_id: &str,
+        expires_at: DateTime<Utc>,
+        scopes: Option<Vec<String>>,
+    ) -> Self {
+        Self {
+            tenant_id: tenant_id.to_owned(),
+            user_id: user_id.to_owned(),
+            app_id: app_id.to_owned(),
+            expires_at,
+            app_only: false,
+            scopes,
+        }
+    }
+
     /// Whether the token may write files: a control-API token always, a token from the token
     /// endpoint only with one of [`WRITE_SCOPES`].
     pub fn may_write(&self) -> bool {
@@ -108,14 +126,7 @@ impl Identity {
         lifetime: chrono::Duration,
     ) -> IssuedToken {
         self.insert(
-            Grant {
-                tenant_id: tenant_id.to_owned(),
-                user_id: user_id.to_owned(),
-                app_id: app_id.to_owned(),
-                expires_at: now + lifetime,
-                app_only: false,
-                scopes: None,
-            },
+            Grant::delegated(tenant_id, user_id, app_id, now + lifetime, None),
             now,
         )
     }
@@ -132,14 +143,7 @@ impl Identity {
         lifetime: chrono::Duration,
     ) -> IssuedToken {
         self.insert(
-            Grant {
-                tenant_id: tenant_id.to_owned(),
-                user_id: user_id.to_owned(),
-                app_id: app_id.to_owned(),
-                expires_at: now + lifetime,
-                app_only: false,
-                scopes: Some(scopes),
-            },
+            Grant::delegated(tenant_id, user_id, app_id, now + lifetime, Some(scopes)),
             now,
         )
     }

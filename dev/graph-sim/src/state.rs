@@ -107,6 +107,18 @@ pub struct Counters {
     pub upload_bytes_accepted: u64,
 }
 
+impl Counters {
+    /// Graph calls of one route, e.g. `"PATCH /v1.0/subscriptions/{id}"` (0 for none).
+    pub fn graph_calls_of(&self, route: &str) -> u64 {
+        self.graph_calls.get(route).copied().unwrap_or(0)
+    }
+
+    /// Token-endpoint requests of one grant, e.g. `"refresh_token"` (0 for none).
+    pub fn token_requests_of(&self, grant: &str) -> u64 {
+        self.token_requests.get(grant).copied().unwrap_or(0)
+    }
+}
+
 /// What can be changed while the simulator runs; starts from [`SimConfig`] (and again at a reset).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Settings {
