@@ -766,16 +766,7 @@ async fn an_expired_api_token_is_refreshed_and_a_refused_one_refreshed_once_rota
     expired["api"]["expires_at"] = "2020-01-01T00:00:00Z".into();
     std::fs::write(&cache, expired.to_string()).unwrap();
 
-    let refreshes = || {
-        stack
-            .sim
-            .sim()
-            .counters()
-            .token_requests
-            .get("refresh_token")
-            .copied()
-            .unwrap_or(0)
-    };
+    let refreshes = || stack.sim.sim().counters().token_requests_of("refresh_token");
     let refreshes_before = refreshes();
 
     // Not connected yet: graphfeed accepted the refreshed token and says what to do next.
@@ -855,6 +846,94 @@ async fn graphfeed_changes_prints_the_created_event_of_an_upload() {
     assert!(!later.stdout.contains("hello.txt"), "{later:?}");
 }
 
+/// `graphfeed changes --follow …` running in the background, its stdout and stderr read line by
+/// line as they come.
+#[cfg(unix)]
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    printed: Vec<String>,
+}
+
+#[cfg(unix)]
+impl Follower {
+    fn spawn(graphfeed: &Graphfeed, args: &[&str]) -> Self {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_graphfeed"));
+        command.args(["changes", "--follow"]).args(args);
+        for name in SETTINGS_ENV {
+            command.env_remove(name);
+        }
+        let mut child = command
+            .envs(graphfeed.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let send = send.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(stream).lines() {
+                    if send.send(line.unwrap()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            printed: Vec::new(),
+        }
+    }
+
+    /// Waits (blocking: the runtime's other worker serves the stack) until a line shows `text`.
+    fn wait_for(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        tokio::task::block_in_place(|| {
+            while !self.printed.iter().any(|l| l.contains(text)) {
+                assert!(Instant::now() < deadline, "no '{text}' in {:?}", self.printed);
+                if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                    self.printed.push(line);
+                }
+            }
+        });
+    }
+
+    /// Ctrl-C (through the shell's own `kill`: a minimal machine may have no kill executable);
+    /// the exit code and everything printed.
+    fn interrupt(mut self) -> (Option<i32>, Vec<String>) {
+        let interrupted = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(interrupted.success());
+        let status = tokio::task::block_in_place(|| self.child.wait()).unwrap();
+        // The readers end with the process; collect what they still had.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.printed.push(line);
+        }
+        (status.code(), std::mem::take(&mut self.printed))
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Follower {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a follower polling for ever.
+        let _ = self.child.kill();
+    }
+}
+
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_follow_prints_new_events_as_they_come_and_ctrl_c_ends_it_cleanly() {
@@ -863,61 +942,20 @@ async fn changes_follow_prints_new_events_as_they_come_and_ctrl_c_ends_it_cleanl
     graphfeed.login(&stack).await;
     graphfeed.run(&["connect"]).await.ok();
     graphfeed.changes_until("baseline-complete").await;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_graphfeed"));
-    command.args(["changes", "--follow", "--interval", "1"]);
-    for name in SETTINGS_ENV {
-        command.env_remove(name);
-    }
-    let mut follower = command
-        .envs(graphfeed.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, seen) = std::sync::mpsc::channel();
-    let stdout = follower.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout).lines() {
-            if lines.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut printed = Vec::new();
-    let mut wait_for = |text: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !printed.iter().any(|l: &String| l.contains(text)) {
-            assert!(Instant::now() < deadline, "no '{text}' in {printed:?}");
-            if let Ok(line) = seen.recv_timeout(Duration::from_millis(100)) {
-                printed.push(line);
-            }
-        }
-    };
-    // Blocking waits leave the runtime's other worker to serve the stack.
-    tokio::task::block_in_place(|| wait_for("baseline-complete"));
+    let mut follower = Follower::spawn(&graphfeed, &["--interval", "1"]);
+    follower.wait_for("baseline-complete");
 
     let (file, _) = graphfeed.file("later.txt", 10);
     graphfeed.run(&["upload", file.to_str().unwrap()]).await.ok();
-    tokio::task::block_in_place(|| wait_for("created /later.txt (file, 10 B)"));
-    // The shell's own `kill`: a minimal machine may have no kill executable.
-    let interrupted = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -INT {}", follower.id())])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
-    let output = tokio::task::block_in_place(|| follower.wait_with_output()).unwrap();
+    follower.wait_for("created /later.txt (file, 10 B)");
+    let (code, printed) = follower.interrupt();
 
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "Ctrl-C ends --follow without an error"
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(code, Some(0), "Ctrl-C ends --follow without an error");
     assert!(
-        stderr.contains("continue with `graphfeed changes --after "),
-        "{stderr}"
+        printed
+            .iter()
+            .any(|l| l.contains("continue with `graphfeed changes --after ")),
+        "{printed:?}"
     );
 }
 
@@ -939,60 +977,20 @@ async fn changes_follow_keeps_polling_while_graphfeed_is_busy_and_prints_what_co
     graphfeed.changes_until("baseline-complete").await;
 
     proxy.fail(true);
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_graphfeed"));
-    command.args(["changes", "--follow", "--after", "1", "--interval", "1"]);
-    for name in SETTINGS_ENV {
-        command.env_remove(name);
-    }
-    let mut follower = command
-        .envs(graphfeed.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines, seen) = std::sync::mpsc::channel();
-    for stream in [
-        Box::new(follower.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(follower.stderr.take().unwrap()),
-    ] {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stream).lines() {
-                if lines.send(line.unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    let mut printed = Vec::new();
-    let mut wait_for = |text: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !printed.iter().any(|l: &String| l.contains(text)) {
-            assert!(Instant::now() < deadline, "no '{text}' in {printed:?}");
-            if let Ok(line) = seen.recv_timeout(Duration::from_millis(100)) {
-                printed.push(line);
-            }
-        }
-    };
-    tokio::task::block_in_place(|| wait_for("still following"));
+    let mut follower = Follower::spawn(&graphfeed, &["--after", "1", "--interval", "1"]);
+    follower.wait_for("still following");
     assert!(
-        follower.try_wait().unwrap().is_none(),
-        "a busy graphfeed ended --follow: {printed:?}"
+        follower.child.try_wait().unwrap().is_none(),
+        "a busy graphfeed ended --follow: {:?}",
+        follower.printed
     );
 
     proxy.fail(false);
     let (file, _) = graphfeed.file("after-the-outage.txt", 10);
     graphfeed.run(&["upload", file.to_str().unwrap()]).await.ok();
-    tokio::task::block_in_place(|| wait_for("created /after-the-outage.txt (file, 10 B)"));
-    let interrupted = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -INT {}", follower.id())])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
-    let status = tokio::task::block_in_place(|| follower.wait()).unwrap();
-    assert_eq!(status.code(), Some(0), "Ctrl-C ends --follow without an error");
+    follower.wait_for("created /after-the-outage.txt (file, 10 B)");
+    let (code, _) = follower.interrupt();
+    assert_eq!(code, Some(0), "Ctrl-C ends --follow without an error");
 }
 
 #[tokio::test]

@@ -241,6 +241,39 @@ impl TestStack {
     }
 }
 
+/// Reads (and deletes) change events from the changes queue at `url`, as a downstream consumer
+/// would, until `done` holds or `timeout` passes.
+pub async fn read_changes(
+    aws: &aws_config::SdkConfig,
+    url: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[shared::changes::ChangeEvent]) -> bool,
+) -> Vec<shared::changes::ChangeEvent> {
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let deadline = std::time::Instant::now() + timeout;
+    let mut events = Vec::new();
+    while !done(&events) && std::time::Instant::now() < deadline {
+        let got = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in got.messages.unwrap_or_default() {
+            events.push(serde_json::from_str(m.body().unwrap()).unwrap());
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    events
+}
+
 /// A user graph-sim created, with their access token for graphfeed's API (valid for an hour).
 pub struct SignedInUser {
     pub created: graph_sim::CreatedUser,
@@ -295,32 +328,9 @@ impl TestStack {
     pub async fn read_changes(
         &self,
         timeout: Duration,
-        mut done: impl FnMut(&[shared::changes::ChangeEvent]) -> bool,
+        done: impl FnMut(&[shared::changes::ChangeEvent]) -> bool,
     ) -> Vec<shared::changes::ChangeEvent> {
-        let sqs = aws_sdk_sqs::Client::new(&self.aws);
-        let url = self.changes_queue();
-        let deadline = std::time::Instant::now() + timeout;
-        let mut events = Vec::new();
-        while !done(&events) && std::time::Instant::now() < deadline {
-            let got = sqs
-                .receive_message()
-                .queue_url(&url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .unwrap();
-            for m in got.messages.unwrap_or_default() {
-                events.push(serde_json::from_str(m.body().unwrap()).unwrap());
-                sqs.delete_message()
-                    .queue_url(&url)
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
-        events
+        read_changes(&self.aws, &self.changes_queue(), timeout, done).await
     }
 
     /// Creates a 5-byte file at the root of `user`'s drive; returns its item id.

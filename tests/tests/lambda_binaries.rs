@@ -20,10 +20,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use graphfeed_tests::{REGION, aws, dev_ring_json, free_port, init_logs, moto_endpoint, unique_stack};
+use graphfeed_tests::{
+    REGION, aws, dev_ring_json, free_port, init_logs, moto_endpoint, read_changes, unique_stack,
+};
 use local_stack::bootstrap::{Options, bootstrap};
 use local_stack::template::Template;
 use serde_json::{Value, json};
+use shared::changes::Change;
 use shared::config::Env;
 
 const SIM_PORT: u16 = 3001;
@@ -207,31 +210,6 @@ async fn delete(sqs: &aws_sdk_sqs::Client, queue: &str, handles: &[String]) {
     }
 }
 
-async fn changes(sqs: &aws_sdk_sqs::Client, queue: &str, want: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut events = Vec::new();
-    while events.len() < want && Instant::now() < deadline {
-        let got = sqs
-            .receive_message()
-            .queue_url(queue)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        for m in got.messages.unwrap_or_default() {
-            events.push(serde_json::from_str(m.body().unwrap()).unwrap());
-            sqs.delete_message()
-                .queue_url(queue)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-    }
-    events
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_four_lambda_binaries_under_cargo_lambda_answer_the_events_samples_and_carry_a_change_end_to_end()
 {
@@ -356,9 +334,9 @@ async fn the_four_lambda_binaries_under_cargo_lambda_answer_the_events_samples_a
     let answer = watch.invoke("process-changes", Data::Json(baseline));
     assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
     delete(&sqs, &notifications, &handles).await;
-    let events = changes(&sqs, &changes_queue, 1).await;
+    let events = read_changes(&aws, &changes_queue, Duration::from_secs(20), |e| !e.is_empty()).await;
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["change"], "baseline-complete");
+    assert_eq!(events[0].change, Change::BaselineComplete);
 
     // A file arrives: Graph notifies the notify binary, which queues; process-changes walks.
     let item = sim
@@ -381,12 +359,12 @@ async fn the_four_lambda_binaries_under_cargo_lambda_answer_the_events_samples_a
     let answer = watch.invoke("process-changes", Data::Json(notified));
     assert_eq!(answer["batchItemFailures"], json!([]), "{answer}");
     delete(&sqs, &notifications, &handles).await;
-    let events = changes(&sqs, &changes_queue, 1).await;
+    let events = read_changes(&aws, &changes_queue, Duration::from_secs(20), |e| !e.is_empty()).await;
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["change"], "created");
-    assert_eq!(events[0]["itemId"], item.id.as_str());
-    assert_eq!(events[0]["path"], "/from-the-binaries.txt");
-    assert_eq!(events[0]["sequence"], 2);
+    assert_eq!(events[0].change, Change::Created);
+    assert_eq!(events[0].item_id.as_deref(), Some(item.id.as_str()));
+    assert_eq!(events[0].path.as_deref(), Some("/from-the-binaries.txt"));
+    assert_eq!(events[0].sequence, 2);
 
     // connect's other routes: the change log, and the status.
     let (status, body) = http(&watch.invoke("connect", Data::File("events/changes-get.json")));
@@ -408,10 +386,7 @@ async fn the_four_lambda_binaries_under_cargo_lambda_answer_the_events_samples_a
     let patches = || {
         sim.sim()
             .counters()
-            .graph_calls
-            .get("PATCH /v1.0/subscriptions/{id}")
-            .copied()
-            .unwrap_or(0)
+            .graph_calls_of("PATCH /v1.0/subscriptions/{id}")
     };
     let patches_before = patches();
     let summary = watch.invoke("renew", Data::File("events/renew-schedule.json"));

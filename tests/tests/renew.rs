@@ -59,10 +59,7 @@ fn patches(stack: &TestStack) -> u64 {
         .sim
         .sim()
         .counters()
-        .graph_calls
-        .get("PATCH /v1.0/subscriptions/{id}")
-        .copied()
-        .unwrap_or(0)
+        .graph_calls_of("PATCH /v1.0/subscriptions/{id}")
 }
 
 fn live(stack: &TestStack, user: &SignedInUser) -> Vec<graph_sim::Subscription> {
@@ -286,16 +283,7 @@ async fn the_subscription_quota_marks_the_drive_expired_until_a_run_can_recreate
 #[tokio::test]
 async fn a_401_refreshes_the_token_once_and_the_retry_renews() {
     let (stack, _user, _drive_key) = due_with_fault(401, 1).await;
-    let refreshes = || {
-        stack
-            .sim
-            .sim()
-            .counters()
-            .token_requests
-            .get("refresh_token")
-            .copied()
-            .unwrap_or(0)
-    };
+    let refreshes = || stack.sim.sim().counters().token_requests_of("refresh_token");
     let before = refreshes();
 
     let summary = run(&stack).await;
