@@ -8,30 +8,22 @@
 //! A `graphfeed login` (the client's device-code sign-in) is approved as the demo user, so a
 //! person can upload files as that user and watch the events arrive.
 //!
-//! Events are read from the drive's change log in DynamoDB, not from the changes queue, so the
-//! queue is left whole for a downstream consumer you run yourself.
+//! Events are read through `GET /changes` (served from the drive's change log), as the client
+//! reads them, not from the changes queue, so the queue is left whole for a downstream consumer
+//! you run yourself.
 
 #![allow(clippy::print_stdout)]
 
 use std::time::Duration;
 
 use shared::changes::ChangeEvent;
-use shared::ids::DriveKey;
-use shared::store::{ConnectionStore, DynamoStore};
-use shared::walk_store::{DynamoWalkStore, Scope, WalkStore};
 
 /// One change the demo makes to the drive.
 type Step = Box<dyn Fn(&graph_sim::Sim, &str) -> Result<(), graph_sim::SimError> + Send>;
 
 /// Runs the demo until aborted. Failures are printed, never fatal to the local stack.
-pub async fn run(
-    sim: graph_sim::Sim,
-    api_url: String,
-    control_url: String,
-    aws: aws_config::SdkConfig,
-    table: String,
-) {
-    let (user, drive_key) = match connect(&sim, &api_url, &control_url).await {
+pub async fn run(sim: graph_sim::Sim, api_url: String, control_url: String) {
+    let (user, token) = match connect(&sim, &api_url, &control_url).await {
         Ok(c) => c,
         Err(e) => {
             println!("demo: stopped: {e:#}");
@@ -39,13 +31,12 @@ pub async fn run(
         }
     };
     tokio::spawn(approve_client_sign_ins(sim.clone(), user.user_id.clone()));
-    let ddb = aws_sdk_dynamodb::Client::new(&aws);
-    let drives = DynamoStore::new(ddb.clone(), table.clone());
-    let log = DynamoWalkStore::new(ddb, table, chrono::Duration::days(7), shared::clock::system());
-    let mut watcher = LogWatcher {
-        drives,
-        log,
-        drive_key,
+    let mut watcher = ChangesReader {
+        http: reqwest::Client::new(),
+        api_url: api_url.clone(),
+        sim: sim.clone(),
+        user_id: user.user_id.clone(),
+        token,
         seen: 0,
     };
     // The baseline first, then one change of each kind, each shown as its event arrives.
@@ -150,7 +141,7 @@ async fn connect(
     sim: &graph_sim::Sim,
     api_url: &str,
     control_url: &str,
-) -> anyhow::Result<(graph_sim::CreatedUser, DriveKey)> {
+) -> anyhow::Result<(graph_sim::CreatedUser, String)> {
     let user = sim.create_user(graph_sim::NewUser {
         display_name: Some("Demo User".into()),
         ..Default::default()
@@ -179,20 +170,22 @@ async fn connect(
         "demo: a token for this user: `curl -s -X POST {control_url}/users/{}/api-token`, then `curl -H \"Authorization: Bearer $TOKEN\" {api_url}/connect`",
         user.user_id
     );
-    let drive_key = DriveKey::parse(body["drive_key"].as_str().unwrap_or_default())
-        .map_err(|e| anyhow::anyhow!("POST /connect gave no drive key: {e}"))?;
-    Ok((user, drive_key))
+    Ok((user, token))
 }
 
-/// Prints the drive's change-log entries as they appear.
-struct LogWatcher {
-    drives: DynamoStore,
-    log: DynamoWalkStore,
-    drive_key: DriveKey,
+/// Prints the demo user's change events as they appear, read through `GET /changes` as the
+/// client reads them.
+struct ChangesReader {
+    http: reqwest::Client,
+    api_url: String,
+    sim: graph_sim::Sim,
+    user_id: String,
+    /// The demo user's API token, minted again when the API refuses it (it lasts an hour).
+    token: String,
     seen: u64,
 }
 
-impl LogWatcher {
+impl ChangesReader {
     /// Prints new entries until the log reaches `sequence` (gives up on a step after 30 s).
     async fn wait_for(&mut self, sequence: u64) {
         let mut idle = 0;
@@ -208,32 +201,36 @@ impl LogWatcher {
                 }
                 Ok(_) => idle = 0,
                 Err(e) => {
-                    println!("demo: reading the change log failed: {e}");
+                    println!("demo: reading GET /changes failed: {e:#}");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
             }
         }
     }
 
-    async fn poll(&mut self) -> Result<usize, shared::store::StoreError> {
-        let Some(state) = self.drives.drive(&self.drive_key).await? else {
+    async fn poll(&mut self) -> anyhow::Result<usize> {
+        let response = self
+            .http
+            .get(format!("{}/changes", self.api_url))
+            .query(&[("after", self.seen)])
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            self.token = self
+                .sim
+                .mint_api_token(&graph_sim::ApiToken::new(self.user_id.clone()))?
+                .token;
             return Ok(0);
-        };
-        let scope = Scope {
-            drive_key: &self.drive_key,
-            generation: state.generation,
-        };
-        // Committed events only (as GET /changes serves them): an entry above the high-water
-        // mark belongs to a walk that has not finished and could still be replayed.
-        let entries: Vec<_> = self
-            .log
-            .log_after(scope, self.seen, 100)
-            .await?
-            .into_iter()
-            .take_while(|entry| entry.sequence <= state.seq_high_water)
-            .collect();
-        for entry in &entries {
-            match serde_json::from_str::<ChangeEvent>(&entry.event) {
+        }
+        let page: serde_json::Value = response.json().await?;
+        if !status.is_success() {
+            anyhow::bail!("GET /changes answered {status}: {page}");
+        }
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        for event in &events {
+            match serde_json::from_value::<ChangeEvent>(event.clone()) {
                 Ok(e) => println!(
                     "demo: change event #{}: {}{} {}",
                     e.sequence,
@@ -247,10 +244,10 @@ impl LogWatcher {
                         _ => String::new(),
                     }
                 ),
-                Err(e) => println!("demo: a log entry that is not a change event: {e}"),
+                Err(e) => println!("demo: an event the demo cannot read: {e}"),
             }
-            self.seen = entry.sequence;
         }
-        Ok(entries.len())
+        self.seen = page["next"].as_u64().unwrap_or(self.seen);
+        Ok(events.len())
     }
 }

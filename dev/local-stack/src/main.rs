@@ -182,18 +182,11 @@ async fn main() -> Result<()> {
             .unwrap_or("(notify makes no Graph call)")
     );
 
-    let table = running
-        .process_env
-        .get("TABLE_NAME")
-        .unwrap_or_default()
-        .to_owned();
     let demo = match (&sim, args.no_demo) {
         (Some(sim), false) => Some(tokio::spawn(local_stack::demo::run(
             sim.sim(),
             running.url(),
             sim.control_url(),
-            aws.clone(),
-            table,
         ))),
         (None, false) => {
             println!(
